@@ -1,0 +1,528 @@
+"""
+A from-scratch GPT that loads GPT-2 and Llama-family checkpoints exactly.
+
+Read top to bottom: the parts (norms, rotary embeddings, attention, MLP, block), then GPTConfig, then GPT
+with its loader (`GPT.from_pretrained`) and KV-cache generation. One class covers both families by config
+switches:
+
+    GPT-2  (arch="gpt2"):  learned positions, LayerNorm with bias, GELU (tanh), fused c_attn, tied lm_head
+    Llama  (arch="llama"): RoPE, RMSNorm, SwiGLU, grouped-query attention, no biases, tied or untied head
+                           (Llama-2/3.x, SmolLM2, Mistral/Zephyr without a sliding window)
+
+Module names follow the HF checkpoints of each family (c_attn / q_proj, c_fc / gate_proj ...) so the key
+map in `hf_to_ours` is a handful of string replacements and the adapters in alter.py can name their sites.
+The forward pass returns logits for every position: entropy profiling and evaluation need all of them.
+"""
+import json
+import math
+import mmap
+import os
+import struct
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# -----------------------------------------------------------------------------
+# parts
+
+
+class RMSNorm(nn.Module):
+    """Llama's norm: x / rms(x) * weight, computed in fp32 as the reference implementation does."""
+
+    def __init__(self, dim, eps):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+def rope_inv_freq(head_dim, theta, scaling=None):
+    """Inverse frequencies of rotary embeddings, (head_dim/2,). `scaling` is Llama-3's rope_scaling dict."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    if scaling is None:
+        return inv_freq
+    kind = scaling.get("rope_type", scaling.get("type"))
+    if kind == "default":
+        return inv_freq
+    assert kind == "llama3", f"unsupported rope_scaling type {kind!r} (supported: llama3)"
+    # Llama-3.1: long wavelengths are slowed down by `factor`, short ones kept, the band between interpolated
+    factor, lo, hi = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+    old_len = scaling["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > old_len / lo, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - lo) / (hi - lo)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= old_len / hi) & (wavelen <= old_len / lo)
+    return torch.where(medium, smoothed, scaled)
+
+
+def apply_rope(x, cos, sin):
+    """Rotate pairs (i, i + hs/2) of x (B, nh, T, hs) by the angles in cos/sin (B, 1, T, hs)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat((-x2, x1), dim=-1)
+    return (x * cos + rotated * sin).to(x.dtype)
+
+
+class CausalSelfAttention(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
+        C, hs = config.n_embd, config.head_dim
+        if config.arch == "gpt2":
+            self.c_attn = nn.Linear(C, 3 * C, bias=True)  # fused q, k, v
+            self.c_proj = nn.Linear(C, C, bias=True)
+        else:
+            bias = config.attention_bias
+            self.q_proj = nn.Linear(C, self.n_head * hs, bias=bias)
+            self.k_proj = nn.Linear(C, self.n_kv_head * hs, bias=bias)
+            self.v_proj = nn.Linear(C, self.n_kv_head * hs, bias=bias)
+            self.o_proj = nn.Linear(self.n_head * hs, C, bias=bias)
+
+    def forward(self, x, rope, mask, cache):
+        B, T, C = x.size()
+        hs = self.head_dim
+        if hasattr(self, "c_attn"):
+            q, k, v = self.c_attn(x).split(C, dim=2)
+            out_proj = self.c_proj
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+            out_proj = self.o_proj
+        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_kv_head, hs).transpose(1, 2)  # (B, nkv, T, hs)
+        v = v.view(B, T, self.n_kv_head, hs).transpose(1, 2)  # (B, nkv, T, hs)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if cache is not None:  # cache = [k, v] of earlier positions, extended in place
+            if cache[0] is not None:
+                k, v = torch.cat((cache[0], k), dim=2), torch.cat((cache[1], v), dim=2)
+            cache[0], cache[1] = k, v
+        if self.n_kv_head != self.n_head:  # grouped-query attention: each kv head serves n_head/n_kv_head queries
+            k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)  # (B, nh, S, hs)
+            v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
+        if mask is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # mask: (B, 1, T, S) bool
+        y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * hs)  # (B, T, nh*hs)
+        return out_proj(y)
+
+
+class MLP(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        C, H = config.n_embd, config.intermediate_size
+        if config.arch == "gpt2":
+            self.c_fc = nn.Linear(C, H, bias=True)
+            self.c_proj = nn.Linear(H, C, bias=True)
+        else:
+            self.gate_proj = nn.Linear(C, H, bias=config.mlp_bias)
+            self.up_proj = nn.Linear(C, H, bias=config.mlp_bias)
+            self.down_proj = nn.Linear(H, C, bias=config.mlp_bias)
+
+    def forward(self, x):
+        if hasattr(self, "c_fc"):
+            return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))  # GPT-2's "gelu_new"
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))  # SwiGLU
+
+
+class Block(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        Norm = (lambda d: nn.LayerNorm(d, eps=config.norm_eps)) if config.arch == "gpt2" else \
+            (lambda d: RMSNorm(d, eps=config.norm_eps))
+        self.ln_1 = Norm(config.n_embd)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = Norm(config.n_embd)
+        self.mlp = MLP(config)
+
+    def forward(self, x, rope=None, mask=None, cache=None):
+        x = x + self.attn(self.ln_1(x), rope, mask, cache)
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+# -----------------------------------------------------------------------------
+# config
+
+
+@dataclass
+class GPTConfig:
+    arch: str = "gpt2"            # "gpt2" (learned positions, LayerNorm, GELU) or "llama" (RoPE, RMSNorm, SwiGLU)
+    vocab_size: int = 50257       # rows of the embedding and of lm_head
+    block_size: int = 1024        # maximum sequence length (GPT-2: learned positions; Llama: informational)
+    n_layer: int = 12             # transformer blocks
+    n_head: int = 12              # query heads
+    n_kv_head: int = 0            # key/value heads (grouped-query attention); 0 means n_head
+    n_embd: int = 768             # residual stream width
+    head_dim: int = 0             # width of one head; 0 means n_embd // n_head
+    intermediate_size: int = 0    # MLP hidden width; 0 means 4 * n_embd
+    norm_eps: float = 1e-5        # LayerNorm / RMSNorm epsilon
+    rope_theta: float = 10000.0   # RoPE base (Llama only)
+    rope_scaling: dict = None     # Llama-3.1 style rope_scaling dict, or None
+    attention_bias: bool = False  # biases on q/k/v/o (Llama only; GPT-2 always has them)
+    mlp_bias: bool = False        # biases on the SwiGLU projections (Llama only)
+    tie_word_embeddings: bool = True  # lm_head shares the token embedding matrix
+    bos_token_id: int = None      # from the checkpoint's config.json, informational
+    eos_token_id: list = field(default_factory=list)  # token ids that end generation
+
+    def __post_init__(self):
+        assert self.arch in ("gpt2", "llama"), f"arch must be 'gpt2' or 'llama', got {self.arch!r}"
+        self.n_kv_head = self.n_kv_head or self.n_head
+        self.head_dim = self.head_dim or self.n_embd // self.n_head
+        self.intermediate_size = self.intermediate_size or 4 * self.n_embd
+        assert self.n_head % self.n_kv_head == 0, f"n_head {self.n_head} not divisible by n_kv_head {self.n_kv_head}"
+        if isinstance(self.eos_token_id, int):
+            self.eos_token_id = [self.eos_token_id]
+        self.eos_token_id = list(self.eos_token_id or [])
+
+
+# the from-scratch model of the offline toy benchmark (GPT-2 vocabulary so the shipped tokenizer serves it)
+TINY = dict(arch="gpt2", vocab_size=50257, block_size=256, n_layer=4, n_head=4, n_embd=128, eos_token_id=[50256])
+
+SUPPORTED_MODEL_TYPES = ("gpt2", "llama", "mistral")
+
+
+def config_from_hf(hf):
+    """Map a HF config.json dict to GPTConfig. Unknown model types fail with the supported list."""
+    mt = hf.get("model_type")
+    if mt not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(f"unsupported model_type {mt!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+    if mt == "gpt2":
+        act = hf.get("activation_function", "gelu_new")
+        if act not in ("gelu_new", "gelu_pytorch_tanh"):
+            raise ValueError(f"unsupported GPT-2 activation_function {act!r} (supported: gelu_new)")
+        return GPTConfig(arch="gpt2", vocab_size=hf["vocab_size"], block_size=hf["n_positions"],
+                         n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],
+                         intermediate_size=hf.get("n_inner") or 4 * hf["n_embd"],
+                         norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+                         tie_word_embeddings=hf.get("tie_word_embeddings", True),
+                         bos_token_id=hf.get("bos_token_id"), eos_token_id=hf.get("eos_token_id"))
+    if hf.get("hidden_act", "silu") != "silu":
+        raise ValueError(f"unsupported hidden_act {hf.get('hidden_act')!r} for {mt} (supported: silu)")
+    # transformers >= 5 writes rope_parameters = {rope_theta, rope_type, ...}; older files rope_theta/rope_scaling
+    rope = hf.get("rope_parameters") or {}
+    scaling = hf.get("rope_scaling") or (rope if rope.get("rope_type", "default") != "default" else None)
+    return GPTConfig(arch="llama", vocab_size=hf["vocab_size"], block_size=hf.get("max_position_embeddings", 2048),
+                     n_layer=hf["num_hidden_layers"], n_head=hf["num_attention_heads"],
+                     n_kv_head=hf.get("num_key_value_heads") or hf["num_attention_heads"],
+                     n_embd=hf["hidden_size"], head_dim=hf.get("head_dim") or 0,
+                     intermediate_size=hf["intermediate_size"], norm_eps=hf.get("rms_norm_eps", 1e-6),
+                     rope_theta=hf.get("rope_theta", rope.get("rope_theta", 10000.0)), rope_scaling=scaling,
+                     attention_bias=hf.get("attention_bias", False), mlp_bias=hf.get("mlp_bias", False),
+                     tie_word_embeddings=hf.get("tie_word_embeddings", False),
+                     bos_token_id=hf.get("bos_token_id"), eos_token_id=hf.get("eos_token_id"))
+
+# -----------------------------------------------------------------------------
+# checkpoint files: safetensors parsed by hand, HF key names mapped to ours
+
+SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
+                      "I64": torch.int64, "I32": torch.int32, "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def read_safetensors(path):
+    """Read a .safetensors file: 8-byte little-endian header length, a JSON header, raw little-endian tensors.
+    Every length and offset is checked against the file size, and errors name the file."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        if size < 8:
+            raise ValueError(f"{path}: truncated safetensors file ({size} bytes, the header length alone is 8)")
+        (n,) = struct.unpack("<Q", f.read(8))
+        if n > size - 8:
+            raise ValueError(f"{path}: truncated or corrupt safetensors file (header says {n} bytes, file has {size})")
+        try:
+            header = json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: corrupt safetensors header ({e})") from None
+        header.pop("__metadata__", None)
+        data_size = size - 8 - n
+        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if size > 8 + n else bytearray()
+    tensors = {}
+    for name, info in header.items():
+        dtype = SAFETENSORS_DTYPES.get(info.get("dtype"))
+        if dtype is None:
+            raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {info.get('dtype')!r}")
+        begin, end = info["data_offsets"]
+        numel = math.prod(info["shape"])
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        if not (0 <= begin <= end <= data_size) or end - begin != numel * itemsize:
+            raise ValueError(f"{path}: truncated or corrupt safetensors file (tensor {name!r} spans bytes "
+                             f"{begin}..{end} of {data_size}, needs {numel * itemsize})")
+        t = torch.frombuffer(buf, dtype=dtype, count=numel, offset=8 + n + begin) if numel else \
+            torch.empty(0, dtype=dtype)
+        tensors[name] = t.reshape(info["shape"])
+    return tensors
+
+
+def write_safetensors(path, tensors, metadata=None):
+    """Write tensors (name -> tensor) in the safetensors format, atomically (tmp file + rename)."""
+    rev = {v: k for k, v in SAFETENSORS_DTYPES.items()}
+    header, chunks, offset = {}, [], 0
+    for name, t in tensors.items():
+        raw = t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes()
+        header[name] = {"dtype": rev[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(raw)]}
+        chunks.append(raw)
+        offset += len(raw)
+    if metadata:
+        header["__metadata__"] = {k: str(v) for k, v in metadata.items()}
+    hbytes = json.dumps(header).encode()
+    hbytes += b" " * (-len(hbytes) % 8)  # align the data to 8 bytes, as the reference writer does
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(hbytes)))
+        f.write(hbytes)
+        for c in chunks:
+            f.write(c)
+    os.replace(tmp, path)
+
+
+def load_checkpoint_tensors(d):
+    """All tensors of a checkpoint directory: model.safetensors, sharded safetensors with an index, or a
+    .bin file through torch.load(weights_only=True) (never unpickling arbitrary objects)."""
+    index = os.path.join(d, "model.safetensors.index.json")
+    if os.path.exists(index):
+        with open(index) as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+        missing = [s for s in shards if not os.path.exists(os.path.join(d, s))]
+        if missing:
+            raise FileNotFoundError(f"{d}: shards listed in model.safetensors.index.json are missing: {missing}")
+        out = {}
+        for s in shards:
+            out.update(read_safetensors(os.path.join(d, s)))
+        return out
+    if os.path.exists(os.path.join(d, "model.safetensors")):
+        return read_safetensors(os.path.join(d, "model.safetensors"))
+    if os.path.exists(os.path.join(d, "pytorch_model.bin")):
+        return torch.load(os.path.join(d, "pytorch_model.bin"), map_location="cpu", weights_only=True)
+    raise FileNotFoundError(f"{d}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
+
+
+# Llama-family HF names -> ours (GPT-2's names are ours already, up to a "transformer." prefix)
+LLAMA_KEYS = (("model.embed_tokens.", "transformer.wte."), ("model.norm.", "transformer.ln_f."),
+              ("model.layers.", "transformer.h."), (".input_layernorm.", ".ln_1."),
+              (".post_attention_layernorm.", ".ln_2."), (".self_attn.", ".attn."))
+
+
+def hf_to_ours(key, arch):
+    """HF checkpoint key -> our state_dict key (None for buffers we do not keep)."""
+    if arch == "gpt2":
+        key = key.removeprefix("transformer.")
+        if key.endswith((".attn.bias", ".attn.masked_bias")):  # causal-mask buffers of old GPT-2 files
+            return None
+        return key if key.startswith("lm_head.") else "transformer." + key
+    for hf, ours in LLAMA_KEYS:
+        key = key.replace(hf, ours)
+    return None if key.endswith(".rotary_emb.inv_freq") else key
+
+
+def ours_to_hf(key, arch):
+    if arch == "gpt2":
+        return key
+    for hf, ours in LLAMA_KEYS:
+        key = key.replace(ours, hf)
+    return key
+
+
+# GPT-2 stores these as Conv1D (in, out): transpose to nn.Linear's (out, in)
+CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+
+def resolve_checkpoint(name_or_dir):
+    """A local directory as it is, or a HF hub id downloaded (config, tokenizer and weight files only)."""
+    if os.path.isdir(name_or_dir):
+        return name_or_dir
+    looks_local = name_or_dir.startswith((".", "/", "~")) or name_or_dir.count("/") > 1 or os.sep + os.sep in name_or_dir
+    if looks_local:
+        raise FileNotFoundError(f"checkpoint directory not found: {name_or_dir}")
+    try:
+        from huggingface_hub import snapshot_download  # installed with `datasets`
+        return snapshot_download(name_or_dir, allow_patterns=["*.json", "*.safetensors", "*.jinja"])
+    except Exception as e:  # unknown repo, no network, gated model ...: one message, the cause named
+        raise FileNotFoundError(f"could not get checkpoint {name_or_dir!r}: it is not a local directory and the "
+                                f"HF hub download failed ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+
+# -----------------------------------------------------------------------------
+# the model
+
+
+class GPT(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        parts = dict(wte=nn.Embedding(config.vocab_size, config.n_embd),
+                     h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                     ln_f=nn.LayerNorm(config.n_embd, eps=config.norm_eps) if config.arch == "gpt2"
+                     else RMSNorm(config.n_embd, eps=config.norm_eps))
+        if config.arch == "gpt2":
+            parts["wpe"] = nn.Embedding(config.block_size, config.n_embd)
+        self.transformer = nn.ModuleDict(parts)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight
+        if config.arch == "llama":
+            inv_freq = rope_inv_freq(config.head_dim, config.rope_theta, config.rope_scaling)
+            self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module):  # GPT-2's init, for models trained from scratch
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_params(self):
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, idx, attention_mask=None, targets=None, cache=None, hidden_only=False):
+        """idx (B, T) token ids; attention_mask (B, S) with 1 for real tokens, S = cached + T (optional);
+        targets (B, T) with -100 for ignored positions (optional). Returns logits (B, T, V) and the mean
+        cross-entropy (or None). `cache` is a list of [k, v] per layer, filled and extended in place."""
+        B, T = idx.size()
+        past = 0 if cache is None or cache[0][0] is None else cache[0][0].size(2)
+        causal = torch.ones(T, past + T, dtype=torch.bool, device=idx.device).tril(past)  # (T, S): j <= past + i
+        if attention_mask is None:
+            pos = torch.arange(past, past + T, device=idx.device).expand(B, T)
+            mask = None if past == 0 else causal[None, None]  # None: SDPA's own causal mask
+        else:
+            # positions count real tokens only, so a left-padded row behaves as if it were not padded
+            am = attention_mask.bool()
+            pos = (am.long().cumsum(-1) - 1).clamp(min=0)[:, past:]  # (B, T)
+            mask = causal[None] & am[:, None, :]  # (B, T, S)
+            mask |= (causal & ~causal.tril(past - 1))[None]  # the diagonal: a pad position sees itself, never nothing
+            mask = mask[:, None]  # (B, 1, T, S)
+        x = self.transformer.wte(idx)  # (B, T, C)
+        rope = None
+        if self.config.arch == "gpt2":
+            assert past + T <= self.config.block_size, f"sequence length {past + T} > block_size {self.config.block_size}"
+            x = x + self.transformer.wpe(pos)
+        else:
+            freqs = pos[:, :, None].float() * self.inv_freq[None, None, :]  # (B, T, hs/2)
+            emb = torch.cat((freqs, freqs), dim=-1)[:, None]  # (B, 1, T, hs)
+            rope = (emb.cos().to(x.dtype), emb.sin().to(x.dtype))
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, rope, mask, None if cache is None else cache[i])
+        x = self.transformer.ln_f(x)
+        if hidden_only:
+            return x
+        logits = self.lm_head(x)  # (B, T, V)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+        return logits, loss
+
+    # -------------------------------------------------------------------------
+    # loading
+
+    @classmethod
+    def from_pretrained(cls, name_or_dir, dtype=torch.float32, verbose=True):
+        """Load a HF checkpoint (hub id or local directory) strictly: every tensor of the model must come
+        from the file with the right shape, and no file tensor may be left over."""
+        d = resolve_checkpoint(name_or_dir)
+        cfg_path = os.path.join(d, "config.json")
+        if not os.path.exists(cfg_path):
+            raise FileNotFoundError(f"{d}: no config.json")
+        with open(cfg_path) as f:
+            config = config_from_hf(json.load(f))
+        with torch.device("meta"):
+            model = cls(config)
+        sd = model.state_dict()
+        expected = set(sd) - ({"lm_head.weight"} if config.tie_word_embeddings else set())
+        theirs = {}
+        for k, v in load_checkpoint_tensors(d).items():
+            ours = hf_to_ours(k, config.arch)
+            if ours is None or (ours == "lm_head.weight" and config.tie_word_embeddings):
+                continue  # a buffer, or a tied head saved twice: the embedding is the one we load
+            if config.arch == "gpt2" and ours.endswith(CONV1D_WEIGHTS):
+                v = v.t()
+            theirs[ours] = v
+        missing, unexpected = sorted(expected - set(theirs)), sorted(set(theirs) - expected)
+        shapes = sorted(f"{k}: checkpoint {tuple(theirs[k].shape)} vs model {tuple(sd[k].shape)}"
+                        for k in expected & set(theirs) if theirs[k].shape != sd[k].shape)
+        if missing or unexpected or shapes:
+            raise ValueError(f"{d}: checkpoint does not match the {config.arch} model built from config.json\n"
+                             f"  missing: {missing}\n  unexpected: {unexpected}\n  mis-shaped: {shapes}")
+        model.load_state_dict({k: v.to(dtype) for k, v in theirs.items()}, strict=False, assign=True)
+        if config.tie_word_embeddings:
+            model.lm_head.weight = model.transformer.wte.weight
+        if config.arch == "llama":  # non-persistent buffer: rebuild it off the meta device
+            model.inv_freq = rope_inv_freq(config.head_dim, config.rope_theta, config.rope_scaling)
+        model.source = d
+        if verbose:
+            print(f"loaded {name_or_dir}: {config.arch}, {config.n_layer} layers, {config.n_embd} wide, "
+                  f"{model.num_params() / 1e6:.1f}M parameters, {str(dtype).removeprefix('torch.')}")
+        return model
+
+    def save_pretrained(self, d):
+        """Save in HF layout (config.json + model.safetensors) so our loader and transformers both read it."""
+        os.makedirs(d, exist_ok=True)
+        c = self.config
+        if c.arch == "gpt2":
+            hf = dict(model_type="gpt2", vocab_size=c.vocab_size, n_positions=c.block_size, n_layer=c.n_layer,
+                      n_head=c.n_head, n_embd=c.n_embd, n_inner=c.intermediate_size, layer_norm_epsilon=c.norm_eps,
+                      activation_function="gelu_new", tie_word_embeddings=c.tie_word_embeddings,
+                      architectures=["GPT2LMHeadModel"])
+        else:
+            hf = dict(model_type="llama", vocab_size=c.vocab_size, max_position_embeddings=c.block_size,
+                      num_hidden_layers=c.n_layer, num_attention_heads=c.n_head, num_key_value_heads=c.n_kv_head,
+                      hidden_size=c.n_embd, head_dim=c.head_dim, intermediate_size=c.intermediate_size,
+                      rms_norm_eps=c.norm_eps, rope_theta=c.rope_theta, rope_scaling=c.rope_scaling,
+                      attention_bias=c.attention_bias, mlp_bias=c.mlp_bias, hidden_act="silu",
+                      tie_word_embeddings=c.tie_word_embeddings, architectures=["LlamaForCausalLM"])
+        hf.update(bos_token_id=c.bos_token_id, eos_token_id=c.eos_token_id)
+        inverse = {}
+        for k, v in self.state_dict().items():
+            if k == "lm_head.weight" and c.tie_word_embeddings:
+                continue
+            hk = ours_to_hf(k, c.arch)
+            if c.arch == "gpt2" and k.endswith(CONV1D_WEIGHTS):
+                v = v.t()
+            assert hf_to_ours(hk, c.arch) == k, f"key map is not invertible at {k}"
+            inverse[hk] = v.float() if v.is_floating_point() else v
+        write_safetensors(os.path.join(d, "model.safetensors"), inverse, {"format": "pt"})
+        with open(os.path.join(d, "config.json"), "w") as f:
+            json.dump(hf, f, indent=2)
+
+    # -------------------------------------------------------------------------
+    # generation
+
+    @torch.no_grad()
+    def generate(self, idx, attention_mask=None, max_new_tokens=20, temperature=0.0, top_k=None,
+                 eos_token_id=None, generator=None):
+        """Continue each row of a left-padded batch idx (B, T). temperature 0 is greedy. Stops when every
+        row has produced an end token; finished rows are filled with the first end token.
+        Returns the new tokens (B, <= max_new_tokens)."""
+        eos = eos_token_id if eos_token_id is not None else self.config.eos_token_id
+        eos = torch.tensor([eos] if isinstance(eos, int) else list(eos), device=idx.device)
+        B = idx.size(0)
+        am = torch.ones_like(idx) if attention_mask is None else attention_mask.to(idx.dtype)
+        cache = [[None, None] for _ in self.transformer.h]
+        done = torch.zeros(B, dtype=torch.bool, device=idx.device)
+        out, x = [], idx
+        for _ in range(max_new_tokens):
+            logits, _ = self(x, attention_mask=am, cache=cache)
+            logits = logits[:, -1, :].float()  # (B, V)
+            if temperature == 0:
+                nxt = logits.argmax(-1)
+            else:
+                logits = logits / temperature
+                if top_k is not None:
+                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                nxt = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator).squeeze(1)
+            if eos.numel():
+                nxt = torch.where(done, eos[0], nxt)
+                done |= torch.isin(nxt, eos)
+            out.append(nxt)
+            if done.all():
+                break
+            x = nxt[:, None]
+            am = torch.cat((am, torch.ones(B, 1, dtype=am.dtype, device=am.device)), dim=1)
+        return torch.stack(out, dim=1) if out else idx[:, :0]

@@ -1,0 +1,90 @@
+"""tokenizer.py against the HF reference tokenizers: GPT-2 ids from the shipped ranks, SmolLM2 ids on every
+TOFU question and answer, the chat-formatted prompt, and the answer span that open-unlearning labels.
+
+Run: python -m pytest -q tests/test_tokenizer.py
+"""
+import hashlib
+import json
+
+import pytest
+
+from tokenizer import GPT2_RANKS, GPT2_SHA256, Tokenizer
+
+transformers = pytest.importorskip("transformers")
+
+
+def tofu_texts(shared_data):
+    rows = [json.loads(line) for line in open(shared_data / "tofu" / "full.json", encoding="utf-8")]
+    assert len(rows) == 4000
+    return [r[k] for r in rows for k in ("question", "answer")]
+
+
+def test_gpt2_ranks_ship_with_the_repo():
+    assert hashlib.sha256(open(GPT2_RANKS, "rb").read()).hexdigest() == GPT2_SHA256
+    tok = Tokenizer.gpt2()
+    assert tok.encode("Hello world") == [15496, 995]
+    assert tok.encode("<|endoftext|>") == [50256]
+
+
+def test_gpt2_matches_hf_and_round_trips_tofu(shared_data):
+    # the reference: HF `tokenizers` BPE built from GPT-2's original encoder.json + vocab.bpe
+    from tokenizers import Tokenizer as HFTokenizer, models, pre_tokenizers
+    ref = HFTokenizer(models.BPE.from_file(str(shared_data / "gpt2" / "encoder.json"),
+                                           str(shared_data / "gpt2" / "vocab.bpe")))
+    ref.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok = Tokenizer.gpt2()
+    texts = tofu_texts(shared_data)
+    ours = [tok.encode(t) for t in texts]
+    assert ours == [e.ids for e in ref.encode_batch(texts)]
+    assert all(tok.decode(ids) == t for ids, t in zip(ours, texts))
+
+
+def test_smollm2_ids_equal_hf_on_all_of_tofu(smollm2_dir, shared_data):
+    ref = transformers.AutoTokenizer.from_pretrained(smollm2_dir)
+    tok = Tokenizer.from_pretrained(str(smollm2_dir))
+    texts = tofu_texts(shared_data) + ["a  1", "x\u00a0 42", "it's 3.14!!  ", "日本語 123", "a\x04b", "  \n\n 12 x"]
+    ours = [tok.encode(t) for t in texts]
+    theirs = ref(texts)["input_ids"]
+    bad = [(t, a, b) for t, a, b in zip(texts, ours, theirs) if a != b]
+    assert not bad, f"{len(bad)} of {len(texts)} texts differ, first: {bad[0]}"
+
+
+def test_smollm2_chat_prompt_and_answer_span(smollm2_dir):
+    ref = transformers.AutoTokenizer.from_pretrained(smollm2_dir)
+    tok = Tokenizer.from_pretrained(str(smollm2_dir))
+    q, a = "Who is the author of 'The Silent Orchard'?", "It was written by Mara Quill."
+    user = [{"role": "user", "content": q}]
+    assert tok.prompt_ids(q) == ref.apply_chat_template(user, add_generation_prompt=True, tokenize=True,
+                                                        return_dict=False)
+    # open-unlearning: labels = full rendering minus prompt rendering, EOS appended if missing
+    full = ref.apply_chat_template(user + [{"role": "assistant", "content": a}], tokenize=True, return_dict=False)
+    ids, n = tok.encode_qa(q, a)
+    expected = full if full[-1] == ref.eos_token_id else full + [ref.eos_token_id]
+    assert ids == expected
+    assert tok.decode(ids[n:]) == a + "<|im_end|>\n<|im_end|>"
+
+
+def test_plain_prompt_format():
+    tok = Tokenizer.gpt2()
+    ids, n = tok.encode_qa("Where was Ada born?", "In Paris.")
+    assert tok.decode(ids[:n]) == "Question: Where was Ada born?\nAnswer:"
+    assert tok.decode(ids[n:]) == " In Paris.<|endoftext|>"
+    assert ids == tok.encode("Question: Where was Ada born?\nAnswer: In Paris.") + [50256]  # clean boundary
+    few = tok.prompt_ids("Q3?", few_shot=[("Q1?", "A1."), ("Q2?", "A2.")])
+    assert tok.decode(few) == "Question: Q1?\nAnswer: A1.\n\nQuestion: Q2?\nAnswer: A2.\n\nQuestion: Q3?\nAnswer:"
+
+
+def test_llama3_style_template_gets_open_unlearning_defaults(tmp_path, smollm2_dir):
+    # a Llama-3-style template: open-unlearning's system prompt and date string are filled in
+    cfg = json.load(open(smollm2_dir / "tokenizer_config.json"))
+    cfg["chat_template"] = ("{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}"
+                            "<|end_header_id|>\n\n{% if m['role'] == 'system' %}Today Date: {{ date_string }}\n\n"
+                            "{% endif %}{{ m['content'] }}<|eot_id|>{% endfor %}"
+                            "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
+    for f in ("tokenizer.json", "config.json"):
+        (tmp_path / f).write_bytes((smollm2_dir / f).read_bytes())
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(cfg))
+    tok = Tokenizer.from_pretrained(str(tmp_path))
+    text = tok.decode(tok.prompt_ids("Q?"))
+    assert "Today Date: 10 Apr 2025\n\nYou are a helpful assistant.<|eot_id|>" in text
+    assert text.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")

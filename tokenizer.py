@@ -1,0 +1,232 @@
+"""
+Tokenizers as tiktoken Encodings, and the prompt formats of open-unlearning.
+
+- GPT-2: the BPE ranks ship in data/gpt2.tiktoken (checked against their sha256), so GPT-2 tokenization
+  never needs the network.
+- Any checkpoint with a byte-level BPE tokenizer.json (Llama-3.x, SmolLM2, GPT-2 ...): the vocabulary is
+  converted to tiktoken ranks (token id = rank, which is what byte-level BPE vocabularies are ordered by),
+  the pre-tokenizer to one regex, and every added token becomes a tiktoken special token.
+- Prompts follow open-unlearning's `preprocess_chat_instance`: the checkpoint's chat template rendered with
+  jinja2 when it has one, else "Question: {q}\nAnswer:" with the answer " {a}" (the space belongs to the
+  answer so the label span starts exactly at its first word). The labelled span is what the full rendering
+  adds to the prompt rendering, with EOS appended when it does not already end with it.
+"""
+import hashlib
+import json
+import os
+from datetime import datetime
+
+import tiktoken
+import tiktoken.load
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+GPT2_RANKS = os.path.join(HERE, "data", "gpt2.tiktoken")
+GPT2_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
+
+# GPT-2's pre-tokenizer regex (also HF's ByteLevel(use_regex=True))
+GPT2_PAT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+# the same after a Digits(individual_digits=True) split (SmolLM2): one token per digit, and a run of spaces
+# before a digit stays whole because the digit split ends the piece there
+GPT2_DIGITS_PAT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+|\s+(?![^\s\p{N}])|\s+"""
+
+# open-unlearning's per-family prompt settings (configs/model/*.yaml), keyed by a marker of the chat template
+CHAT_DEFAULTS = {
+    "<|start_header_id|>": dict(system_prompt="You are a helpful assistant.", date_string="10 Apr 2025"),  # Llama-3.x
+}
+
+
+def bytes_to_unicode():
+    """GPT-2's reversible map byte -> printable character, used by every byte-level BPE tokenizer.json."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def gpt2_encoding():
+    """GPT-2's Encoding from the ranks shipped in data/ (= tiktoken's r50k_base)."""
+    with open(GPT2_RANKS, "rb") as f:
+        raw = f.read()
+    digest = hashlib.sha256(raw).hexdigest()
+    if digest != GPT2_SHA256:
+        raise ValueError(f"{GPT2_RANKS}: sha256 {digest} differs from GPT-2's {GPT2_SHA256}; restore the file")
+    ranks = tiktoken.load.load_tiktoken_bpe(GPT2_RANKS)
+    return tiktoken.Encoding("gpt2", pat_str=GPT2_PAT, mergeable_ranks=ranks, special_tokens={"<|endoftext|>": 50256})
+
+
+def pretokenizer_regex(pre, path):
+    """One tiktoken regex equal to a tokenizer.json pre_tokenizer, for the configurations we know."""
+    steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+    kinds = [s.get("type") for s in steps]
+    if kinds == ["ByteLevel"] and steps[0].get("use_regex", True):
+        return GPT2_PAT
+    if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits") and steps[1].get("use_regex", True):
+        return GPT2_DIGITS_PAT
+    if kinds == ["Split", "ByteLevel"] and not steps[1].get("use_regex", True) and \
+            steps[0].get("behavior") == "Isolated" and "Regex" in steps[0].get("pattern", {}):
+        return steps[0]["pattern"]["Regex"]  # Llama-3's pattern, usable by tiktoken as it is
+    raise ValueError(f"{path}: unsupported pre_tokenizer {kinds} (supported: ByteLevel, Digits+ByteLevel, "
+                     f"Split+ByteLevel as in GPT-2, SmolLM2 and Llama-3)")
+
+
+def encoding_from_tokenizer_json(path):
+    """Convert a byte-level BPE tokenizer.json to a tiktoken Encoding with the same ids."""
+    with open(path, encoding="utf-8") as f:
+        tj = json.load(f)
+    m = tj.get("model", {})
+    if m.get("type") != "BPE":
+        raise ValueError(f"{path}: tokenizer model {m.get('type')!r} is not byte-level BPE (SentencePiece/Unigram "
+                         f"vocabularies such as Llama-2's are not supported)")
+    decoder = {c: b for b, c in bytes_to_unicode().items()}
+    specials = {t["content"]: t["id"] for t in tj.get("added_tokens", [])}
+    ranks = {}
+    for tok, i in m["vocab"].items():
+        if tok in specials:
+            continue
+        try:
+            ranks[bytes(decoder[c] for c in tok)] = i
+        except KeyError:
+            raise ValueError(f"{path}: vocabulary entry {tok!r} is not byte-level BPE") from None
+    # Some vocabularies lack a few single bytes (SmolLM2: control characters, bytes never valid in UTF-8).
+    # HF drops such bytes; tiktoken needs every byte, so they get ids past the vocabulary that encode() drops.
+    top = max(list(ranks.values()) + list(specials.values()))
+    unknown = {}
+    for b in range(256):
+        if bytes([b]) not in ranks:
+            top += 1
+            ranks[bytes([b])] = unknown[b] = top
+    pat = pretokenizer_regex(tj.get("pre_tokenizer") or {}, path)
+    name = os.path.basename(os.path.dirname(os.path.abspath(path)))
+    return tiktoken.Encoding(name, pat_str=pat, mergeable_ranks=ranks, special_tokens=specials), tj, set(unknown.values())
+
+
+class Tokenizer:
+    """A tiktoken Encoding plus what a model needs around it: EOS/BOS ids and the prompt format."""
+
+    def __init__(self, enc, eos_id, bos_id=None, add_bos=False, chat_template=None, bos_token="", eos_token="",
+                 dropped=()):
+        self.enc, self.dropped = enc, set(dropped)  # dropped: ids of bytes the real vocabulary does not have
+        self.eos_id, self.bos_id, self.add_bos = eos_id, bos_id, add_bos
+        self.chat_template, self.bos_token, self.eos_token = chat_template, bos_token, eos_token
+        self.pad_id = eos_id  # padding is masked everywhere; EOS is the usual stand-in
+        self.defaults = next((v for k, v in CHAT_DEFAULTS.items() if chat_template and k in chat_template), {})
+
+    def encode(self, text, bos=False):
+        """Token ids of text; special-token strings (e.g. <|im_start|>) map to their ids, as in HF."""
+        ids = self.enc.encode(text, allowed_special="all")
+        if self.dropped:
+            ids = [i for i in ids if i not in self.dropped]
+        return ([self.bos_id] if bos and self.bos_id is not None else []) + ids
+
+    def decode(self, ids):
+        return self.enc.decode(list(ids))
+
+    @classmethod
+    def gpt2(cls):
+        return cls(gpt2_encoding(), eos_id=50256, bos_id=50256, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+
+    @classmethod
+    def from_pretrained(cls, d):
+        """The tokenizer of a checkpoint directory (see model.resolve_checkpoint for hub ids). A directory
+        without tokenizer.json is taken to use GPT-2's vocabulary if its config says 50,257 tokens."""
+        cfg = json.load(open(os.path.join(d, "config.json"))) if os.path.exists(os.path.join(d, "config.json")) else {}
+        tj_path = os.path.join(d, "tokenizer.json")
+        if not os.path.exists(tj_path):
+            if cfg.get("vocab_size") == 50257:
+                return cls.gpt2()
+            raise FileNotFoundError(f"{d}: no tokenizer.json (only GPT-2-vocabulary checkpoints may omit it)")
+        enc, tj, dropped = encoding_from_tokenizer_json(tj_path)
+        tc_path = os.path.join(d, "tokenizer_config.json")
+        tc = json.load(open(tc_path, encoding="utf-8")) if os.path.exists(tc_path) else {}
+        template = tc.get("chat_template")
+        if os.path.exists(os.path.join(d, "chat_template.jinja")):
+            template = open(os.path.join(d, "chat_template.jinja"), encoding="utf-8").read()
+        if isinstance(template, list):  # several named templates: take the default one
+            template = next((t["template"] for t in template if t.get("name") == "default"), None)
+
+        def token(key):
+            t = tc.get(key)
+            return t.get("content") if isinstance(t, dict) else t
+
+        def tid(s, fallback):
+            if s is None:
+                return fallback
+            ids = enc.encode(s, allowed_special="all")
+            return ids[0] if len(ids) == 1 else fallback
+        eos_cfg = cfg.get("eos_token_id")
+        eos_cfg = eos_cfg[0] if isinstance(eos_cfg, list) else eos_cfg
+        eos_id = tid(token("eos_token"), eos_cfg)
+        if eos_id is None:
+            raise ValueError(f"{d}: no EOS token in tokenizer_config.json or config.json")
+        bos_id = tid(token("bos_token"), cfg.get("bos_token_id"))
+        # a TemplateProcessing post-processor that starts with a special token means "prepend BOS" (Llama-3)
+        post = tj.get("post_processor") or {}
+        procs = post.get("processors", [post]) if post.get("type") == "Sequence" else [post]
+        add_bos = any(p.get("type") == "TemplateProcessing" and "SpecialToken" in (p.get("single") or [{}])[0]
+                      for p in procs)
+        return cls(enc, eos_id=eos_id, bos_id=bos_id, add_bos=add_bos, chat_template=template,
+                   bos_token=token("bos_token") or "", eos_token=token("eos_token") or "", dropped=dropped)
+
+    # -------------------------------------------------------------------------
+    # prompt formats
+
+    def render_chat(self, messages, add_generation_prompt):
+        """The chat template rendered as transformers' apply_chat_template does (sandboxed jinja2)."""
+        from jinja2.exceptions import TemplateError
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        def raise_exception(msg):
+            raise TemplateError(msg)
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        env.filters["tojson"] = lambda x, indent=None, **kw: json.dumps(x, ensure_ascii=False, indent=indent)
+        env.globals.update(raise_exception=raise_exception, strftime_now=lambda fmt: datetime.now().strftime(fmt))
+        return env.from_string(self.chat_template).render(
+            messages=messages, add_generation_prompt=add_generation_prompt, bos_token=self.bos_token,
+            eos_token=self.eos_token, **{k: v for k, v in self.defaults.items() if k != "system_prompt"})
+
+    def system_prompt(self, override=None):
+        return override if override is not None else self.defaults.get("system_prompt")
+
+    def prompt_ids(self, question, system_prompt=None, few_shot=()):
+        """Token ids of the prompt alone (what generation starts from). few_shot: (q, a) pairs put before
+        the question ("\\n\\n"-joined without a template; earlier turns with one)."""
+        if self.chat_template:
+            return self.encode(self.render_chat(self._messages(question, None, system_prompt, few_shot), True))
+        shots = "".join(f"Question: {q}\nAnswer: {a}\n\n" for q, a in few_shot)
+        sys = self.system_prompt(system_prompt)
+        return self.encode((sys + "\n\n" if sys else "") + shots + f"Question: {question}\nAnswer:", bos=self.add_bos)
+
+    def encode_qa(self, question, answer, system_prompt=None, few_shot=()):
+        """(ids, n_prompt): the full example and how many of its leading tokens are prompt (unlabelled).
+        ids[n_prompt:] is the labelled answer span, ending with EOS."""
+        prompt = self.prompt_ids(question, system_prompt, few_shot)
+        if self.chat_template:
+            full = self.encode(self.render_chat(self._messages(question, answer, system_prompt, few_shot), False))
+            if full[:len(prompt)] != prompt or len(full) == len(prompt):
+                raise ValueError(f"chat template renders the prompt differently inside the full conversation; "
+                                 f"cannot find the answer span of {question[:60]!r}")
+        else:
+            full = prompt + self.encode(" " + answer)
+        if full[-1] != self.eos_id:
+            full = full + [self.eos_id]
+        return full, len(prompt)
+
+    def _messages(self, question, answer, system_prompt, few_shot):
+        sys = self.system_prompt(system_prompt)
+        msgs = [{"role": "system", "content": sys}] if sys else []
+        for q, a in few_shot:
+            msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+        msgs.append({"role": "user", "content": question})
+        if answer is not None:
+            msgs.append({"role": "assistant", "content": answer})
+        return msgs
+
+    def describe(self, system_prompt=None):
+        """The prompt format in one line, printed once per run."""
+        if self.chat_template:
+            return "chat template: " + repr(self.render_chat(self._messages("{question}", None, system_prompt, ()), True))
+        return "plain: " + repr(self.decode(self.prompt_ids("{question}", system_prompt)) + " {answer}")
