@@ -1,0 +1,1 @@
+"""Datasets: benchmark loaders (hub or local mirror), the offline toy benchmark, and batching."""
