@@ -493,6 +493,10 @@ class GPT(nn.Module):
     # -------------------------------------------------------------------------
     # generation
 
+    def new_cache(self):
+        """An empty KV cache: [k, v] per block, filled by forward(..., cache=...)."""
+        return [[None, None] for _ in self.transformer.h]
+
     @torch.no_grad()
     def generate(self, idx, attention_mask=None, max_new_tokens=20, temperature=0.0, top_k=None,
                  eos_token_id=None, generator=None):
@@ -503,7 +507,7 @@ class GPT(nn.Module):
         eos = torch.tensor([eos] if isinstance(eos, int) else list(eos), device=idx.device)
         B = idx.size(0)
         am = torch.ones_like(idx) if attention_mask is None else attention_mask.to(idx.dtype)
-        cache = [[None, None] for _ in self.transformer.h]
+        cache = self.new_cache()
         done = torch.zeros(B, dtype=torch.bool, device=idx.device)
         out, x = [], idx
         for _ in range(max_new_tokens):

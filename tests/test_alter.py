@@ -1,0 +1,216 @@
+"""alter.py: a fresh adapter is a no-op, gradient isolation checked by gradients, inference routing, the
+loss terms against their formulas, save/load, and an overfit check of Phase II on a tiny model.
+
+Run: python -m pytest -q tests/test_alter.py
+"""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from alter import (AlterConfig, GatedLM, LossWeights, attach, adapter_params, cluster, ihl, load_adapter,
+                   method_loss, npo, routing_ce, save_adapter, seq_logp, struct_kl, trainable_summary)
+from model import GPT, GPTConfig
+
+V = 61
+
+
+def tiny(arch, seed=0):
+    torch.manual_seed(seed)
+    kw = dict(arch=arch, vocab_size=V, block_size=64, n_layer=2, n_head=4, n_embd=32)
+    if arch == "llama":
+        kw.update(n_kv_head=2, tie_word_embeddings=False)
+    return GPT(GPTConfig(**kw)).eval()
+
+
+def batch(B=4, T=10, seed=0, expert=None):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, V, (B, T), generator=g)
+    y = torch.randint(0, V, (B, T), generator=g)
+    y[:, :3] = -100  # a prompt
+    return {"x": x, "y": y, "mask": torch.ones(B, T, dtype=torch.long),
+            "expert": torch.tensor(expert if expert is not None else [0, 1, 2, 0][:B])}
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_fresh_adapter_is_a_noop_and_only_adapters_train(arch, capsys):
+    model = tiny(arch)
+    x = batch()["x"]
+    with torch.no_grad():
+        ref, _ = model(x)
+    attach(model, AlterConfig(n_experts=4))
+    print(trainable_summary(model))
+    assert "trainable" in capsys.readouterr().out
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert names and all("lora_" in n or ".router." in n for n in names)
+    with torch.no_grad():
+        for gate in ("entropy", "router"):
+            got, _ = GatedLM(model, gate=gate)(x)
+            assert (got - ref).abs().max() <= 1e-6
+        model.alter_state.set("teacher", labels=torch.ones_like(x))
+        assert (model(x)[0] - ref).abs().max() <= 1e-6
+
+
+def grads(model, b, mode, high):
+    """Gradients of a Phase II-like loss with every B made non-zero first."""
+    for n, p in adapter_params(model):
+        p.grad = None
+        if "lora_B" in n:
+            with torch.no_grad():
+                p.normal_(std=0.1)
+    labels = b["expert"][:, None].expand_as(b["x"])
+    model.alter_state.set(mode, labels=labels, high=high, isolate=True)
+    logits, _ = model(b["x"], attention_mask=b["mask"])
+    (logits.float().pow(2).mean() + routing_ce(model, labels, b["mask"].bool())).backward()
+    g = lambda p: torch.zeros_like(p) if p.grad is None else p.grad
+    return {n: g(p) for n, p in adapter_params(model)}
+
+
+@pytest.mark.parametrize("mode", ["soft", "teacher"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_gradient_isolation(arch, mode):
+    model = tiny(arch)
+    attach(model, AlterConfig(n_experts=3))
+    trainable_summary(model)
+    T = 10
+    some_high = torch.zeros(4, T, dtype=torch.bool)
+    some_high[:, ::2] = True
+    # every token labelled d = 2: only expert 2's B has a gradient
+    g = grads(model, batch(expert=[2, 2, 2, 2]), mode, some_high)
+    for n, t in g.items():
+        if "lora_B" in n:
+            assert all(t[e].abs().max() == 0 for e in (0, 1, 3)), n
+            assert t[2].abs().max() > 0, n
+    assert any(t.abs().max() > 0 for n, t in g.items() if "lora_A" in n)
+    # all tokens low-entropy: no gradient reaches A
+    g = grads(model, batch(), mode, torch.zeros(4, T, dtype=torch.bool))
+    assert all(t.abs().max() == 0 for n, t in g.items() if "lora_A" in n)
+    # forget rows only: the retain expert B_r (expert 0) gets nothing
+    g = grads(model, batch(expert=[1, 2, 3, 1]), mode, some_high)
+    assert all(t[0].abs().max() == 0 for n, t in g.items() if "lora_B" in n)
+
+
+def test_inference_routing_top3_and_top1():
+    model = tiny("llama")
+    cfg = AlterConfig(n_experts=4)
+    attach(model, cfg)
+    for _, p in adapter_params(model):
+        torch.nn.init.normal_(p, std=0.5)
+    b = batch()
+    high = torch.rand(4, 10, generator=torch.Generator().manual_seed(1)) > 0.5
+    model.alter_state.set("entropy", high=high)
+    model(b["x"])
+    for block in model.transformer.h:
+        g = block.router.gates  # (B, T, E)
+        nz = (g > 0).sum(-1)
+        assert (nz[high] == 3).all() and (nz[~high] == 1).all()
+        assert torch.allclose(g.sum(-1), torch.ones_like(g[..., 0]))
+    # GatedLM computes `high` from the base model's entropy: H > theta everywhere -> 3 experts everywhere
+    GatedLM(model, q=1.5, theta=-1.0)(b["x"])
+    assert ((model.transformer.h[0].router.gates > 0).sum(-1) == 3).all()
+
+
+def test_losses_equal_their_formulas():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 7)
+    y = torch.tensor([[1, 4, -100], [0, -100, 6]])
+    where = y != -100
+    p = logits.softmax(-1)
+    # IHL = 1 + p(y) - max_{v != y} p(v), by hand
+    vals = []
+    for b, t in zip(*where.nonzero(as_tuple=True)):
+        pt = p[b, t, y[b, t]]
+        other = torch.cat((p[b, t, :y[b, t]], p[b, t, y[b, t] + 1:])).max()
+        vals.append(1 + pt - other)
+    assert torch.allclose(ihl(logits, y, where), torch.stack(vals).mean())
+    # NPO = (2/beta) mean log(1 + (pi/pi_ref)^beta) over forget rows
+    ref = torch.tensor([-3.0, -5.0])
+    lp = seq_logp(logits, y)
+    by_hand = torch.log(p[0, 0, 1]) + torch.log(p[0, 1, 4])
+    assert torch.allclose(lp[0], by_hand)
+    expected = (2 / 0.1) * torch.log(1 + torch.exp(0.1 * (lp - ref))).mean()
+    assert torch.allclose(npo(logits, y, ref, torch.tensor([True, True]), 0.1), expected)
+    # structural KL on the base model's top-k support; zero when the model equals the base
+    base = torch.randn(2, 3, 7)
+    top = torch.topk(F.log_softmax(base[where], -1), 7, -1)
+    kl_full = (F.softmax(base[where], -1) * (F.log_softmax(base[where], -1) - F.log_softmax(logits[where], -1))).sum(-1).mean()
+    assert torch.allclose(struct_kl(logits, top.indices, top.values, where), kl_full, atol=1e-6)  # k = V: exact
+    top3 = torch.topk(F.log_softmax(base[where], -1), 3, -1)
+    assert struct_kl(base, top3.indices, top3.values, where).abs() < 1e-7
+
+
+def test_routing_ce_formula():
+    model = tiny("gpt2")
+    attach(model, AlterConfig(n_experts=2))
+    b = batch()
+    labels = b["expert"][:, None].expand_as(b["x"])
+    model.alter_state.set("teacher", labels=labels)
+    model(b["x"])
+    by_hand = torch.stack([-F.log_softmax(blk.router.logits, -1).gather(-1, labels[..., None]).mean()
+                           for blk in model.transformer.h]).mean()
+    assert torch.allclose(routing_ce(model, labels, b["mask"].bool()), by_hand)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_save_load_reproduces_logits(arch, tmp_path):
+    model = tiny(arch)
+    base = copy.deepcopy(model)
+    attach(model, AlterConfig(n_experts=3))
+    for _, p in adapter_params(model):
+        torch.nn.init.normal_(p, std=0.3)
+    path = str(tmp_path / "adapter.safetensors")
+    save_adapter(model, path)
+    load_adapter(base, path)
+    x = batch()["x"]
+    for gate in ("entropy", "router"):
+        assert torch.equal(GatedLM(model, gate=gate)(x)[0], GatedLM(base, gate=gate)(x)[0])
+    other = tiny("gpt2" if arch == "llama" else "llama")
+    with pytest.raises(ValueError, match="adapter does not fit this base model"):
+        load_adapter(other, path)
+
+
+def test_cluster_separates_two_groups():
+    model = tiny("gpt2")
+    a = [([1, 2, 3, 4, 5, 6], 3)] * 3
+    b = [([50, 51, 52, 53, 54, 55], 3)] * 3
+    labels = cluster(model, a + b, 2, pad_id=0)
+    assert sorted(set(labels)) == [1, 2] and len(set(labels[:3])) == 1 and len(set(labels[3:])) == 1
+    assert cluster(model, a[:1], 4, pad_id=0) == [1]  # N capped by the number of examples
+
+
+def test_phase2_overfit_forgets_and_keeps_retain():
+    torch.manual_seed(0)
+    model = tiny("gpt2")
+    g = torch.Generator().manual_seed(0)
+    seqs = torch.randint(0, V, (8, 12), generator=g)
+    full = {"x": seqs[:, :-1], "y": seqs[:, 1:].clone(), "mask": torch.ones(8, 11, dtype=torch.long),
+            "expert": torch.tensor([0] * 6 + [1, 2])}
+    full["y"][:, :3] = -100
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(200):  # the "target": a model that knows all 8 sequences
+        loss = model(full["x"], targets=full["y"])[1]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    attach(model, AlterConfig(n_experts=2))
+    trainable_summary(model)
+    full["high"] = torch.zeros(8, 11, dtype=torch.bool)
+    full["high"][:, 3::3] = True
+    lab = full["y"] != -100
+    full["top_ids"] = torch.zeros(int(lab.sum()), 4, dtype=torch.long)
+    with torch.no_grad():
+        model.alter_state.set("off")
+        full["top_logp"], full["top_ids"] = torch.topk(F.log_softmax(model(full["x"])[0][lab], -1), 4, -1)
+    groups = [{"params": [p for n, p in adapter_params(model) if "lora_A" in n], "lr": 1e-5},
+              {"params": [p for n, p in adapter_params(model) if "lora_A" not in n], "lr": 1e-2}]
+    opt = torch.optim.AdamW(groups, weight_decay=0.0)
+    parts0 = None
+    for step in range(300):
+        loss, parts = method_loss("alter", 2, model, full, LossWeights())
+        parts0 = parts0 or {k: v.item() for k, v in parts.items()}
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert parts["ihl"].item() < 0.5 * parts0["ihl"], (parts0, parts)
+    assert parts["retain"].item() <= 1.1 * parts0["retain"] + 0.01, (parts0, parts)
