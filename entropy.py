@@ -76,7 +76,7 @@ def profile(model, examples, q=1.5, pad_id=0, batch_size=16, cache_dir=None, top
     was_training = model.training
     model.eval()
     out = []
-    for i in tqdm(range(0, len(examples), batch_size), desc=desc, leave=False):
+    for i in tqdm(range(0, len(examples), batch_size), desc=desc, leave=False, disable=None):
         chunk = examples[i:i + batch_size]
         b = collate(chunk, pad_id, device)
         logits, _ = model(b["x"], attention_mask=b["mask"])

@@ -1,0 +1,120 @@
+"""evaluate.py: every metric against an independent computation (scipy, rouge-score, brute force, by hand),
+lm-eval-harness's prompts written out character for character, and the CLI's errors on bad input.
+
+Run: python -m pytest -q tests/test_evaluate.py
+"""
+import itertools
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from evaluate import (auc, avg_nll, forget_quality, mc_prompt, min_k, model_utility, privleak, prob_normalised,
+                      rouge_l, tr_forget, tr_true_better, truth_ratio)
+from tests.conftest import ROOT
+
+
+def test_probability_and_truth_ratio_from_token_losses():
+    # hand-made per-token log-probs of the labelled spans (answer + EOS)
+    para = [torch.tensor([-0.1, -0.3, -0.2]), torch.tensor([-2.0, -1.0])]
+    pert = [[torch.tensor([-1.0, -2.0]), torch.tensor([-0.5, -0.5, -0.5])],
+            [torch.tensor([-0.2]), torch.tensor([-0.4, -0.2])]]
+    nll_true = avg_nll(para)
+    assert np.allclose(nll_true, [0.2, 1.5])
+    nll_false = np.array([avg_nll(p) for p in pert])  # (2, 2): [[1.5, 0.5], [0.2, 0.3]]
+    tr = truth_ratio(nll_true, nll_false)
+    # P_false = geometric mean of the perturbed probabilities, P_true = exp(-avg loss)
+    p_false = [np.sqrt(np.exp(-1.5) * np.exp(-0.5)), np.sqrt(np.exp(-0.2) * np.exp(-0.3))]
+    p_true = [np.exp(-0.2), np.exp(-1.5)]
+    assert np.allclose(tr, [p_false[0] / p_true[0], p_false[1] / p_true[1]])
+    assert np.isclose(tr_forget(tr), np.mean([min(t, 1 / t) for t in tr]))
+    assert np.isclose(tr_true_better(tr), np.mean([max(0, 1 - t) for t in tr]))
+    # probability normalised over the true and wrong options
+    pn = prob_normalised([0.5], [[1.0, 2.0, 3.0]])
+    e = np.exp
+    assert np.isclose(pn[0], e(-0.5) / (e(-0.5) + e(-1) + e(-2) + e(-3)))
+
+
+def test_forget_quality_and_model_utility_against_scipy():
+    from scipy.stats import hmean, ks_2samp
+    rng = np.random.default_rng(0)
+    a, b = rng.random(40), rng.random(40) * 0.8
+    assert forget_quality(a, b) == ks_2samp(a, b).pvalue
+    nine = rng.random(9) + 0.01
+    assert np.isclose(model_utility(nine), hmean(nine))
+    nine[3] = 0.0
+    assert model_utility(nine) == 0.0
+
+
+def test_rouge_equals_rouge_score():
+    from rouge_score import rouge_scorer
+    refs = ["The cat sat on the mat.", "Basil Mahfouz Al-Kuwaiti was born in Kuwait City.", "running quickly"]
+    hyps = ["A cat was sitting on mats", "He was born in Kuwait City in 1956.", "she runs quick"]
+    sc = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    assert np.allclose(rouge_l(refs, hyps, "recall"), [sc.score(r, h)["rougeL"].recall for r, h in zip(refs, hyps)])
+    assert np.allclose(rouge_l(refs, hyps, "f1"), [sc.score(r, h)["rougeL"].fmeasure for r, h in zip(refs, hyps)])
+    assert rouge_l(["sitting"], ["sits"], "recall")[0] == 1.0  # stemming is on
+
+
+def test_min_k_and_auc_by_brute_force():
+    lp = torch.tensor([-0.1, -5.0, -2.0, -0.3, -4.0])
+    assert np.isclose(min_k(lp, 0.4), (5.0 + 4.0) / 2)  # floor(0.4 * 5) = 2 lowest
+    assert np.isclose(min_k(lp[:2], 0.4), 5.0)  # at least one token
+    rng = np.random.default_rng(1)
+    f, h = rng.integers(0, 5, 17).astype(float), rng.integers(0, 5, 11).astype(float)  # many ties
+    brute = np.mean([1.0 if y > x else 0.5 if y == x else 0.0 for x, y in itertools.product(f, h)])
+    assert np.isclose(auc(f, h), brute)
+    assert privleak(1.0) == pytest.approx(-100) and privleak(0.5) == pytest.approx(0)
+    assert privleak(0.7, 0.7) == pytest.approx(0)
+
+
+def test_lm_eval_prompts_character_for_character(shared_data):
+    from data.benchmarks import load_split
+    dev = load_split("mmlu_abstract_algebra_dev", str(shared_data))
+    test = load_split("mmlu_abstract_algebra_test", str(shared_data))[0]
+    zero = ("The following are multiple choice questions (with answers) about abstract algebra.\n\n"
+            "Find the degree for the given field extension Q(sqrt(2), sqrt(3), sqrt(18)) over Q.\n"
+            "A. 0\nB. 4\nC. 2\nD. 6\nAnswer:")
+    assert mc_prompt(test) == zero
+    five = mc_prompt(test, dev[:5])
+    first_shot = ("The following are multiple choice questions (with answers) about abstract algebra.\n\n"
+                  "Find all c in Z_3 such that Z_3[x]/(x^2 + c) is a field.\nA. 0\nB. 1\nC. 2\nD. 3\nAnswer: B\n\n"
+                  "Statement 1 | If aH is an element of a factor group, then |aH| divides |a|. Statement 2 | If H and "
+                  "K are subgroups of G then HK is a subgroup of G.\nA. True, True\nB. False, False\nC. True, False\n"
+                  "D. False, True\nAnswer: B\n\n")
+    assert five.startswith(first_shot)
+    assert five.endswith("\n\nFind the degree for the given field extension Q(sqrt(2), sqrt(3), sqrt(18)) over Q.\n"
+                         "A. 0\nB. 4\nC. 2\nD. 6\nAnswer:")
+    assert five.count("\nAnswer: ") == 5
+    wmdp = load_split("wmdp_bio", str(shared_data))[0]
+    c = wmdp["choices"]
+    assert mc_prompt(wmdp) == ("The following are multiple choice questions (with answers) about biology.\n\n"
+                               f"{wmdp['question'].strip()}\nA. {c[0]}\nB. {c[1]}\nC. {c[2]}\nD. {c[3]}\nAnswer:")
+    assert wmdp["question"].startswith("What was the primary objective of the Ekologiya program")
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "evaluate.py", *args], cwd=ROOT, capture_output=True, text=True)
+
+
+def test_cli_bad_input(tmp_path):
+    from model import GPT, TINY, GPTConfig
+    GPT(GPTConfig(**{**TINY, "n_layer": 1, "n_embd": 32, "n_head": 2})).save_pretrained(tmp_path / "m")
+    out = tmp_path / "out"
+    r = run_cli("--model", str(tmp_path / "m"), "--bench", "tofu_forget11", "--out", str(out))
+    assert r.returncode != 0 and "unknown bench ['tofu_forget11']; valid: tofu_forget01" in r.stderr
+    r = run_cli("--model", str(tmp_path / "m"), "--bench", "toy_forget10", "--limit", "0", "--out", str(out))
+    assert r.returncode != 0 and "--limit must be at least 1, got 0" in r.stderr
+    (tmp_path / "logs.json").write_text(json.dumps({"something": 1}))
+    r = run_cli("--model", str(tmp_path / "m"), "--bench", "toy_forget10", "--retain-logs",
+                str(tmp_path / "logs.json"), "--out", str(out))
+    assert r.returncode != 0 and "expected open-unlearning's TOFU_EVAL.json" in r.stderr
+    logs = {"forget_truth_ratio": {"value_by_index": {str(i): {"score": 0.5} for i in range(7)}}}
+    (tmp_path / "logs.json").write_text(json.dumps(logs))
+    r = run_cli("--model", str(tmp_path / "m"), "--bench", "toy_forget10", "--retain-logs",
+                str(tmp_path / "logs.json"), "--out", str(out))
+    assert r.returncode != 0 and "7 forget items, but this forget split has 24" in r.stderr
+    assert not out.exists(), "a failed run wrote output"
