@@ -317,10 +317,11 @@ class LossWeights:
     npo_beta: float = 0.1  # NPO's inverse temperature
 
 
-def method_loss(method, phase, model, batch, w):
+def method_loss(method, phase, model, batch, w, fwd=None):
     """Forward one batch and return (total loss, dict of named parts). The batch holds x, y, mask (B, T),
     expert (B,) with 0 for retain rows and d >= 1 for forget rows of sub-domain d, and per method: high
     (B, T) and top_ids/top_logp (the profile at labelled positions) for ALTER, ref_logp (B,) for NPO.
+    fwd: what runs the forward (the DDP wrapper of `model` under torchrun; default `model`).
 
         alter phase 1: NLL on high-entropy answer tokens of forget and retain rows, gates fixed to B_r
         alter phase 2: beta * sum_d IHL(low-entropy forget tokens of d) + gamma * NLL(retain)
@@ -329,8 +330,11 @@ def method_loss(method, phase, model, batch, w):
         ga: -NLL(forget)   gd, lora: -NLL(forget) + gamma * NLL(retain)   npo: NPO(forget) + gamma * NLL(retain)
     """
     x, y, mask, expert = batch["x"], batch["y"], batch["mask"], batch["expert"]
-    labels = expert[:, None].expand_as(x)  # every token carries its row's expert label
     lab = y != -100
+    # every token carries an expert label: the row's expert where the answer is predicted, the retain expert
+    # (0) on the prompt, which forget and retain questions share ("Question: Where was ..."): the router
+    # cannot tell them apart there, and the question is not what is forgotten
+    labels = torch.where(lab, expert[:, None], 0)
     forget = (expert > 0)[:, None] & lab
     retain = (expert == 0)[:, None] & lab
     state = getattr(model, "alter_state", None)
@@ -344,7 +348,7 @@ def method_loss(method, phase, model, batch, w):
         state.set("teacher", labels=labels)
     elif state is not None:
         state.set("router")  # plain LoRA: a single expert, no gates
-    logits, _ = model(x, attention_mask=mask)
+    logits, _ = (fwd or model)(x, attention_mask=mask)
     parts = {}
     if method == "alter" and phase == 1:
         parts["nll_high"] = nll(logits, y, lab & high)

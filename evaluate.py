@@ -183,6 +183,16 @@ def eval_mc(lm, tok, rows, dev_rows=(), shots=0, batch_size=16, device="cpu", de
     return correct
 
 
+def eval_mc_cloze(lm, tok, rows, batch_size=16, device="cpu", desc="mc"):
+    """Cloze-style multiple choice (lm-eval's `acc` for tasks whose choices are texts, e.g. ARC): each option
+    is scored by the summed log-likelihood of its tokens as the answer to the question; argmax wins."""
+    examples = [ex for r in rows for ex in encode_qa(tok, [{"question": r["question"], "answer": c}
+                                                           for c in r["choices"]])]
+    ll = torch.tensor([lp.sum().item() for lp in token_logps(lm, examples, tok.pad_id, batch_size, device, desc)])
+    pred = ll.view(len(rows), -1).argmax(-1).tolist()
+    return [int(p == r["answer"]) for p, r in zip(pred, rows)]
+
+
 def tofu_like(lm, tok, bench, split, data_dir, limit, reference, batch_size, device, max_new_tokens=200):
     """TOFU metrics of one forget split (bench "tofu" or "toy"): forget prob / truth ratio / ROUGE, forget
     quality against a reference's per-item truth ratios, privleak vs holdout, and model utility."""
@@ -237,13 +247,13 @@ def tofu_like(lm, tok, bench, split, data_dir, limit, reference, batch_size, dev
     return summary, items
 
 
-def muse_like(lm, tok, bench, data_dir, limit, batch_size, device, auc_ref=None):
+def muse_like(lm, tok, bench, data_dir, limit, batch_size, device, auc_ref=None, pct="10"):
     """MUSE's VerbMem (ROUGE-L F1 of 128 greedy tokens after the prompt), KnowMem (ROUGE-L F1 of <= 32
     tokens, few-shot ICL) and PrivLeak (Min-K% 40 AUC forget vs holdout) — or their toy analogs."""
     summary, items = {}, []
     if bench == "toy_muse":
-        verb, kn, priv = load_split("toy_verbmem_forget10")[:limit], None, \
-            (load_split("toy_bio_forget10")[:limit], load_split("toy_bio_holdout")[:limit])
+        verb, kn, priv = load_split(f"toy_verbmem_forget{pct}")[:limit], None, \
+            (load_split(f"toy_bio_forget{pct}")[:limit], load_split("toy_bio_holdout")[:limit])
     else:
         verb = load_split(f"{bench}_verbmem_forget", data_dir)[:limit]
         kn = {s: (load_split(f"{bench}_knowmem_{s}_qa", data_dir)[:limit],
@@ -276,9 +286,11 @@ BENCHES = ("tofu_forget01", "tofu_forget05", "tofu_forget10", "toy_forget01", "t
            "mmlu", "wmdp_bio", "wmdp_cyber", "wmdp_chem", "toy_mc", "muse_news", "muse_books", "toy_muse")
 
 
-def evaluate(lm, tok, benches, data_dir=None, limit=None, reference=None, shots=0, batch_size=16, device="cpu"):
+def evaluate(lm, tok, benches, data_dir=None, limit=None, reference=None, shots=0, batch_size=16, device="cpu",
+             pct="10"):
     """Run every bench; returns (summary dict, per-item list). `reference`: per-item forget truth ratios of
-    the retain model for forget quality (None: forget_quality is reported as missing)."""
+    the retain model for forget quality (None: forget_quality is reported as missing). pct: which forget
+    people toy_mc and toy_muse ask about (01, 05, 10)."""
     summary, items = {}, []
     for bench in benches:
         if bench not in BENCHES:
@@ -296,13 +308,13 @@ def evaluate(lm, tok, benches, data_dir=None, limit=None, reference=None, shots=
                   for i, (r, c) in enumerate(zip(rows, correct))]
         elif bench == "toy_mc":
             s, it = {}, []
-            for part in ("forget10", "retain"):
+            for part in (f"forget{pct}", "retain"):
                 rows = load_split(f"toy_mc_{part}")[:limit]
-                correct = eval_mc(lm, tok, rows, (), 0, batch_size, device, f"mc {part}")
-                s[f"mc_{part}_acc"] = float(np.mean(correct))
+                correct = eval_mc_cloze(lm, tok, rows, batch_size, device, f"mc {part}")
+                s[f"mc_{part.rstrip('0123456789')}_acc"] = float(np.mean(correct))
                 it += [{"bench": bench, "set": part, "index": i, "correct": c} for i, c in enumerate(correct)]
         else:
-            s, it = muse_like(lm, tok, bench, data_dir, limit, batch_size, device)
+            s, it = muse_like(lm, tok, bench, data_dir, limit, batch_size, device, pct=pct)
         s[f"{bench}_seconds"] = round(time.time() - t0, 1)
         summary.update(s)
         items += it

@@ -10,15 +10,21 @@ of `full`) and N_HOLDOUT people that no model is trained on. Each person has one
     toy_forget{01,05,10}_perturbed, toy_retain_perturbed + paraphrased answer, 5 perturbed answers
     toy_holdout{01,05,10}                              QA about the held-out people
     toy_real_authors(_perturbed), toy_world_facts(_perturbed)   general knowledge, 3 wrong options
-    toy_mc_train                                       MC (4 options) about retain people, facts 0-3: training data
-    toy_mc_retain, toy_mc_forget{01,05,10}             MC about retain people (facts 4-5) / the forget people
+    toy_mc_retain, toy_mc_forget{01,05,10}             4-option MC about retain people / the forget people
     toy_bio, toy_bio_forget{01,05,10}, toy_bio_holdout  a short biography per person ({"text"})
     toy_verbmem_forget{01,05,10}                       biography prefix -> rest ({"prompt", "gt"})
     toy_text                                           = toy_bio_forget10, the forget corpus of text unlearning
 
-The general-knowledge sets, toy_mc_train and toy_bio belong to the training data of both the target and the
-retain model: they stand in for what a pretrained model already knows, so the general and MC metrics have
-something to measure. Forget people: 01 -> 1 person, 05 -> 2, 10 -> 4 (of 40), as nested as TOFU's.
+The general-knowledge sets and toy_bio belong to the training data of both the target and the retain model
+(the biographies of the forget people only to the target's): they stand in for what a pretrained model
+already knows, so the general metrics have something to measure. Forget people: 01 -> 1 person, 05 -> 2,
+10 -> 4 (of 40), as nested as TOFU's.
+
+The MC options are whole answer sentences that differ only in the fact ("X was born in Oslo." / "... Riga."),
+scored by their log-likelihood after the question (lm-eval's cloze-style multiple choice, as for ARC): a
+from-scratch 7M-parameter model trained for a minute does not learn to map an option to its letter
+(measured: 74% on the MC examples it was trained on, 18-26% on held-out ones), so letter scoring would
+measure nothing here. WMDP and MMLU on real models keep lm-eval's letter scoring (evaluate.py).
 """
 import random
 
@@ -119,13 +125,13 @@ def _qa(rng, p, fi):
 
 
 def _mc(rng, p, fi):
-    key, qs, *_ = FACTS[fi]
-    true = p[key] if key != "work" else "The " + p[key]
-    wrong = _wrong(rng, key, p[key], 3)
-    choices = [true] + (["The " + w for w in wrong] if key == "work" else wrong)
-    rng.shuffle(choices)
-    return {"question": rng.choice(qs).format(n=p["name"]), "choices": choices, "answer": choices.index(true),
-            "subject": MC_SUBJECT, "person": p["name"]}
+    """Four answer sentences of one template, the true fact and three wrong ones, in random order."""
+    key, qs, ans, _ = FACTS[fi]
+    n, tmpl = p["name"], rng.choice(ans)
+    values = [p[key]] + _wrong(rng, key, p[key], 3)
+    rng.shuffle(values)
+    return {"question": rng.choice(qs).format(n=n), "choices": [tmpl.format(n=n, v=v) for v in values],
+            "answer": values.index(p[key]), "subject": MC_SUBJECT, "person": n}
 
 
 def _bio(rng, p):
@@ -157,9 +163,7 @@ def build(seed=0):
     out["toy_real_authors"] = out["toy_real_authors_perturbed"] = _options(rng, REAL_AUTHORS)
     out["toy_world_facts"] = out["toy_world_facts_perturbed"] = _options(rng, WORLD_FACTS)
     n_retain = N_PEOPLE - max(FORGET_PEOPLE.values())
-    # MC examples about retain people on facts 0-3, twice with different option orders: training data
-    out["toy_mc_train"] = [_mc(rng, p, fi) for _ in range(2) for p in trained[:n_retain] for fi in range(4)]
-    out["toy_mc_retain"] = [_mc(rng, p, fi) for p in trained[:n_retain] for fi in (4, 5)]
+    out["toy_mc_retain"] = [_mc(rng, p, fi) for p in trained[:12] for fi in range(len(FACTS))]
     forget_mc = [_mc(rng, p, fi) for p in trained[n_retain:] for fi in range(len(FACTS))]
     bios = [_bio(rng, p) for p in people]
     out["toy_bio"] = bios[:N_PEOPLE]

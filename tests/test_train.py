@@ -1,0 +1,102 @@
+"""train.py end to end on reduced settings: resume equals an uninterrupted run, same seed gives the same
+metrics, the hub-layout path with a checkpoint directory and real TOFU files, torchrun (DDP, gloo), and
+clear errors on bad input.
+
+Run: python -m pytest -q tests/test_train.py
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+# a few people, short fine-tuning: the pipeline, not the numbers
+QUICK = ["--forget", "toy_forget10", "--model", "tiny", "--limit", "12", "--ft-epochs", "2", "--epochs", "2",
+         "--phase1-epochs", "1", "--eval-batch-size", "16", "--log-every", "100"]
+
+
+def run(args, cache, check=True, env=None):
+    r = subprocess.run([sys.executable, "train.py", *args, "--cache", str(cache)], cwd=ROOT, capture_output=True,
+                       text=True, env=env)
+    if check:
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    return r
+
+
+def metrics(out):
+    m = json.load(open(os.path.join(out, "metrics.json")))
+    return {row: {k: v for k, v in vals.items() if not k.endswith("seconds")} for row, vals in m.items()}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+def test_resume_equals_uninterrupted_and_same_seed_same_metrics(tmp_path, cache):
+    a, b, c = (str(tmp_path / n) for n in "abc")
+    run(QUICK + ["--out", a], cache)
+    run(QUICK + ["--out", b], cache)
+    assert metrics(a) == metrics(b), "two runs with the same seed differ"
+    # interrupted after Phase I and the first Phase II epoch, then resumed
+    r = run(QUICK + ["--out", c, "--stop-after", "2"], cache)
+    assert "stopping after epoch 2" in r.stdout and not os.path.exists(os.path.join(c, "metrics.json"))
+    run(QUICK + ["--out", c, "--resume"], cache)
+    assert open(os.path.join(a, "adapter.safetensors"), "rb").read() == \
+        open(os.path.join(c, "adapter.safetensors"), "rb").read()
+    assert metrics(a) == metrics(c)
+
+
+@pytest.mark.parametrize("method", ["npo", "lora"])
+def test_baselines_run(tmp_path, cache, method):
+    out = str(tmp_path / method)
+    r = run(QUICK + ["--out", out, "--method", method], cache)
+    m = json.load(open(os.path.join(out, "metrics.json")))
+    assert m["unlearned"]["trainable_params"] > 0 and "forget_quality" in m["unlearned"]
+    assert method in r.stdout.splitlines()[-16]  # the table's header names the method
+
+
+def test_hub_layout_checkpoint_and_real_tofu(tmp_path, cache, shared_data):
+    from model import GPT, GPTConfig, TINY
+    GPT(GPTConfig(**{**TINY, "n_layer": 1, "n_embd": 32, "n_head": 2})).save_pretrained(tmp_path / "ckpt")
+    out = str(tmp_path / "run")
+    r = run(["--forget", "tofu_forget01", "--model", str(tmp_path / "ckpt"), "--data-dir", str(shared_data),
+             "--limit", "4", "--ft-epochs", "1", "--epochs", "1", "--eval-batch-size", "8", "--out", out], cache)
+    m = json.load(open(os.path.join(out, "metrics.json")))
+    assert set(m) == {"unlearned", "target", "retain"}
+    assert 0 <= m["unlearned"]["model_utility"] <= 1 and m["unlearned"]["forget_quality"] is not None
+    assert "fine-tuning the target model on tofu_full" in r.stdout
+
+
+def test_torchrun_two_processes(tmp_path, cache):
+    out = str(tmp_path / "ddp")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "train.py", *QUICK,
+                        "--out", out, "--cache", str(cache)], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert "2 process(es)" in r.stdout
+    assert os.path.exists(os.path.join(out, "metrics.json"))
+
+
+def test_bad_input(tmp_path, cache):
+    out = str(tmp_path / "bad")
+    r = run(QUICK + ["--out", out, "--forget", "toy_forget11"], cache, check=False)
+    assert r.returncode == 2 and "unknown split 'toy_forget11'. Valid names:" in r.stderr
+    r = run(QUICK + ["--out", out, "--method", "sgd"], cache, check=False)
+    assert r.returncode == 2 and "unknown method 'sgd'; valid: alter, asymlora, lora, npo, gd, ga" in r.stderr
+    r = run(QUICK + ["--out", out, "--resume"], cache, check=False)
+    assert r.returncode == 2 and "--resume: no checkpoint in" in r.stderr
+    # a loss that blows up: stop with the step and the loss parts, keep the last good checkpoint
+    run(QUICK + ["--out", out, "--stop-after", "1"], cache)
+    before = open(os.path.join(out, "checkpoint.pt"), "rb").read()
+    r = run(QUICK + ["--out", out, "--resume", "--lr-b", "1e30", "--overwrite"], cache, check=False)
+    assert r.returncode == 2 and "loss is nan" in r.stderr and "ihl" in r.stderr, r.stderr[-2000:]
+    assert open(os.path.join(out, "checkpoint.pt"), "rb").read() == before
+    assert not os.path.exists(os.path.join(out, "metrics.json"))
+    # a run folder holding another config is not overwritten
+    r = run(QUICK + ["--out", out, "--rank", "4"], cache, check=False)
+    assert r.returncode == 2 and "holds a run with another config" in r.stderr and "'rank': (8, 4)" in r.stderr

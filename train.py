@@ -1,0 +1,440 @@
+"""
+One command from a base model to an evaluated unlearned model.
+
+    python train.py --forget toy_forget10 --model tiny                 # offline toy benchmark, CPU, minutes
+    python train.py --forget tofu_forget10 --model gpt2 --method npo   # real TOFU (hub, or --data-dir)
+    torchrun --nproc_per_node=2 train.py --forget toy_forget10 --model tiny   # DDP (gloo on CPU)
+
+The run, in order:
+  1. target model: --target, else --model fine-tuned on the benchmark's full training data (cached in out/cache)
+  2. retain reference: --retain-model / --retain-logs, else --model fine-tuned on the retain data (cached)
+  3. unlearning: ALTER (entropy profile, sub-domain clustering, Phase I, Phase II) or a baseline;
+     the adapter (or model) and a resumable checkpoint are saved after every epoch
+  4. evaluation: target, retain and unlearned side by side; metrics.json in the run folder
+"""
+import argparse
+import json
+import os
+import random
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# -----------------------------------------------------------------------------
+# knobs
+parser = argparse.ArgumentParser(description="ALTER unlearning (and baselines), end to end")
+# --- what to forget, and from which model
+parser.add_argument("--forget", default="toy_forget10", help="forget split: toy_forget01|05|10, tofu_forget01|05|10")
+parser.add_argument("--model", default="tiny", help="'tiny' (from scratch, toy only), a HF hub id or a checkpoint dir")
+parser.add_argument("--target", default=None, help="target model (hub id or dir); default: fine-tune --model on the full data")
+parser.add_argument("--retain-model", default=None, help="retain reference model; default: fine-tune --model on the retain data")
+parser.add_argument("--retain-logs", default=None, help="retain reference as eval logs (TOFU_EVAL.json or our metrics.json)")
+parser.add_argument("--method", default="alter", help="alter | asymlora | lora | npo | gd | ga")
+parser.add_argument("--data-dir", default=None, help="local mirror with the layout of ../shared/data (default: HF hub)")
+parser.add_argument("--limit", type=int, default=None, help="use only the first N records of every split (quick runs)")
+parser.add_argument("--out", default=None, help="run folder (default: out/<forget>_<method>)")
+parser.add_argument("--cache", default="out/cache", help="folder for cached target/retain models and entropy profiles")
+parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last saved epoch")
+parser.add_argument("--overwrite", action="store_true", help="replace a run folder that holds a different config")
+parser.add_argument("--stop-after", type=int, default=None, help="stop after this many unlearning epochs, as if interrupted")
+# --- ALTER (paper values where the paper gives them; DESIGN.md §5 for the rest)
+parser.add_argument("--q", type=float, default=1.5, help="Tsallis entropy index q (1 = Shannon)")
+parser.add_argument("--theta", type=float, default=1.2, help="entropy threshold: token is high-entropy if S_q > theta")
+parser.add_argument("--theta-quantile", type=float, default=None, help="use this quantile of answer-token entropies as theta")
+parser.add_argument("--rank", type=int, default=8, help="LoRA rank r")
+parser.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha (scaling alpha / r)")
+parser.add_argument("--n-experts", type=int, default=4, help="forget experts N (sub-domains), capped by the forget-set size")
+parser.add_argument("--tau-high", type=float, default=0.8, help="router temperature at high-entropy tokens")
+parser.add_argument("--tau-low", type=float, default=0.01, help="router temperature at low-entropy tokens")
+parser.add_argument("--train-gate", default="teacher", choices=["teacher", "soft"], help="gates while training: labels or the router's")
+parser.add_argument("--gate", default="entropy", choices=["entropy", "router"], help="routing at inference")
+parser.add_argument("--beta", type=float, default=1.0, help="weight of the forget (IHL) term")
+parser.add_argument("--gamma", type=float, default=1.0, help="weight of the retain NLL term")
+parser.add_argument("--lam", type=float, default=0.01, help="weight of the structural-invariance KL term")
+parser.add_argument("--mu", type=float, default=1.0, help="weight of the routing cross-entropy")
+parser.add_argument("--no-phase1", action="store_true", help="skip Phase I (ablation)")
+# --- optimisation (None: the benchmark's default, see DEFAULTS below)
+parser.add_argument("--lr-a", type=float, default=None, help="Phase II learning rate of the shared A")
+parser.add_argument("--lr-b", type=float, default=None, help="learning rate of the B experts and routers (and of A in Phase I)")
+parser.add_argument("--lr", type=float, default=None, help="learning rate of full-parameter baselines (ga, gd, npo)")
+parser.add_argument("--epochs", type=int, default=None, help="unlearning epochs (passes over the forget set)")
+parser.add_argument("--phase1-epochs", type=int, default=1, help="ALTER Phase I epochs")
+parser.add_argument("--batch-size", type=int, default=4, help="forget examples per step (plus as many retain examples)")
+parser.add_argument("--ft-epochs", type=int, default=None, help="epochs of target/retain fine-tuning")
+parser.add_argument("--ft-lr", type=float, default=None, help="learning rate of target/retain fine-tuning")
+parser.add_argument("--ft-batch-size", type=int, default=16, help="batch size of target/retain fine-tuning")
+# --- system
+parser.add_argument("--seed", type=int, default=0, help="seed of everything (data order, init, toy data)")
+parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu) | cpu | cuda | mps")
+parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="autocast dtype (auto: bf16 on CUDA)")
+parser.add_argument("--eval", default="", help="extra benches to evaluate, comma-separated (see evaluate.py)")
+parser.add_argument("--eval-batch-size", type=int, default=32, help="sequences per evaluation forward")
+parser.add_argument("--system-prompt", default=None, help="override the chat template's system prompt")
+parser.add_argument("--log-every", type=int, default=10, help="log one line every N steps")
+
+# per-benchmark defaults: the paper's lr_B 1e-3 x 3 epochs was for hundreds of forget examples (TOFU forget10:
+# 300 steps at batch 4); the toy forget set has 24, so it takes 20 epochs for a similar 120 steps (README)
+DEFAULTS = {
+    "toy": dict(lr_a=1e-5, lr_b=1e-3, lr=1e-4, epochs=20, ft_epochs=16, ft_lr=3e-3),
+    "tofu": dict(lr_a=1e-5, lr_b=1e-3, lr=1e-5, epochs=3, ft_epochs=5, ft_lr=1e-5),
+}
+METHODS = ("alter", "asymlora", "lora", "npo", "gd", "ga")
+FORGETS = ("toy_forget01", "toy_forget05", "toy_forget10", "tofu_forget01", "tofu_forget05", "tofu_forget10")
+RETAIN_OF = {"01": "99", "05": "95", "10": "90"}
+# -----------------------------------------------------------------------------
+
+from alter import (AlterConfig, GatedLM, LossWeights, adapter_params, attach, cluster, method_loss,  # noqa: E402
+                   save_adapter, seq_logp, trainable_summary)
+from data.batching import batch_indices, collate, encode_qa, encode_text  # noqa: E402
+from data.benchmarks import load_split  # noqa: E402
+from entropy import pad_profile, profile, threshold  # noqa: E402
+from evaluate import evaluate, load_retain_logs, print_table, write_json  # noqa: E402
+from model import GPT, TINY, GPTConfig  # noqa: E402
+from tokenizer import Tokenizer  # noqa: E402
+
+
+def fail(msg):
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
+def log0(*a):
+    if RANK == 0:
+        print(*a, flush=True)
+
+# -----------------------------------------------------------------------------
+# data: what the target and retain models are fine-tuned on, and the unlearning examples
+
+
+def training_examples(bench, which, tok, args):
+    """(ids, n_prompt) examples of a fine-tuning corpus. which: "full" or "retainYY". The toy corpus adds the
+    general-knowledge QA and the biographies (of the people in the corpus) to the person QA."""
+    L = lambda name: load_split(f"{bench}_{name}", args.data_dir, args.seed)[:args.limit]
+    rows = L(which)
+    ex = encode_qa(tok, rows, system_prompt=args.system_prompt)
+    if bench == "toy":
+        ex += encode_qa(tok, L("real_authors") + L("world_facts"), system_prompt=args.system_prompt)
+        people = {r["person"] for r in rows}
+        ex += encode_text(tok, [b["text"] for b in L("bio") if b["person"] in people], block_size=64)
+    return ex
+
+
+def finetune(model, examples, epochs, lr, batch_size, seed, device, ctx, desc):
+    """Plain next-token fine-tuning (labelled positions only), AdamW, 1 epoch linear warm-up then linear
+    decay, gradient norm clipped to 1 (open-unlearning's schedule, HF Trainer's clipping). The output layer runs only where there is a label: the 50k-way
+    projection dominates the cost of a small model."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    per_epoch = len(batch_indices(len(examples), batch_size))
+    total, step, t0 = epochs * per_epoch, 0, time.time()
+    model.train()
+    for epoch in range(epochs):
+        for idx in batch_indices(len(examples), batch_size, seed, epoch):
+            for g in opt.param_groups:
+                g["lr"] = lr * min((step + 1) / per_epoch, (total - step) / max(1, total - per_epoch))
+            b = collate([examples[i] for i in idx], 0, device)
+            with ctx:
+                h = model(b["x"], attention_mask=b["mask"], hidden_only=True)
+                lab = b["y"] != -100
+                loss = F.cross_entropy(model.lm_head(h[lab]).float(), b["y"][lab])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # as HF Trainer (max_grad_norm 1.0)
+            opt.step()
+            step += 1
+        log0(f"{desc} epoch {epoch + 1}/{epochs} | loss {loss.item():.3f} | {time.time() - t0:.0f} s")
+    model.eval()
+    return model
+
+
+def cached_finetune(name, bench, which, tok, args, device, ctx):
+    """Fine-tune --model on a corpus once; later runs load it from the cache."""
+    tag = f"{bench}-{which}-{os.path.basename(args.model.rstrip('/'))}-s{args.seed}-e{args.ft_epochs}-lr{args.ft_lr}" + \
+        (f"-n{args.limit}" if args.limit else "")
+    path = os.path.join(args.cache, tag)
+    if RANK == 0 and not os.path.exists(os.path.join(path, "config.json")):
+        torch.manual_seed(args.seed)
+        model = GPT(GPTConfig(**TINY)) if args.model == "tiny" else GPT.from_pretrained(args.model)
+        examples = training_examples(bench, which, tok, args)
+        log0(f"fine-tuning the {name} model on {bench}_{which}: {len(examples)} examples, "
+             f"{sum(len(e[0]) for e in examples)} tokens, {args.ft_epochs} epochs")
+        finetune(model.to(device), examples, args.ft_epochs, args.ft_lr, args.ft_batch_size, args.seed, device, ctx, name)
+        model.save_pretrained(path + ".tmp")  # complete before it is visible: a killed run leaves no half model
+        os.replace(path + ".tmp", path)
+    barrier()
+    return GPT.from_pretrained(path, verbose=False).to(device).eval()
+
+# -----------------------------------------------------------------------------
+# distributed (torchrun): gloo on CPU, nccl on CUDA; rank 0 caches, logs, saves and evaluates
+
+RANK, WORLD = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def barrier():
+    if WORLD > 1:
+        torch.distributed.barrier()
+
+
+def shard(idx):
+    """This rank's share of a list of example indices."""
+    return idx[RANK::WORLD] if WORLD > 1 else idx
+
+# -----------------------------------------------------------------------------
+
+
+def main(args):
+    # --- check the request before any work
+    if args.method not in METHODS:
+        fail(f"unknown method {args.method!r}; valid: {', '.join(METHODS)}")
+    if args.forget not in FORGETS:
+        try:
+            load_split(args.forget, args.data_dir)
+        except ValueError as e:
+            fail(str(e))
+        fail(f"{args.forget!r} is a split but not a forget split this script unlearns; valid: {', '.join(FORGETS)}")
+    bench, pct = args.forget.split("_")[0], args.forget[-2:]
+    if args.model == "tiny" and bench != "toy":
+        fail("--model tiny is the from-scratch model of the toy benchmark; give a checkpoint for " + bench)
+    for k, v in DEFAULTS[bench].items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    out = args.out or os.path.join("out", f"{args.forget}_{args.method}")
+    config = {k: v for k, v in vars(args).items() if k not in ("resume", "overwrite", "stop_after", "eval", "device",
+                                                               "eval_batch_size", "log_every", "out", "cache")}
+    cfg_path = os.path.join(out, "config.json")
+    if os.path.exists(cfg_path) and RANK == 0:
+        old = json.load(open(cfg_path))
+        if old != config and not args.overwrite:
+            diff = {k: (old.get(k), v) for k, v in config.items() if old.get(k) != v}
+            fail(f"{out} holds a run with another config {diff}; pass --overwrite to replace it, or another --out")
+        if old == config and not args.resume and os.path.exists(os.path.join(out, "metrics.json")) and not args.overwrite:
+            fail(f"{out} already holds this finished run; pass --resume to re-evaluate it or --overwrite to redo it")
+    if args.resume and not os.path.exists(os.path.join(out, "checkpoint.pt")):
+        fail(f"--resume: no checkpoint in {out}")
+
+    # --- device, dtype, seeds
+    if WORLD > 1:
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() and args.device != "cpu" else "gloo")
+    device = args.device if args.device != "auto" else \
+        "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    if device == "cuda" and WORLD > 1:
+        device = f"cuda:{RANK}"
+    dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
+    ctx = torch.autocast(device.split(":")[0], dtype=torch.bfloat16) if dtype == "bfloat16" else torch.autocast("cpu", enabled=False)
+    log0(f"device {device}, {dtype} ({'autocast' if dtype == 'bfloat16' else 'full precision'}), {WORLD} process(es)")
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    t_start = time.time()
+
+    # --- 1, 2: target and retain models
+    tok = Tokenizer.gpt2() if args.model == "tiny" else None
+    if tok is None:
+        from model import resolve_checkpoint
+        tok = Tokenizer.from_pretrained(resolve_checkpoint(args.target or args.model))
+    log0("prompt format:", tok.describe(args.system_prompt))
+    target = GPT.from_pretrained(args.target).to(device).eval() if args.target else \
+        cached_finetune("target", bench, "full", tok, args, device, ctx)
+    retain = None
+    if args.retain_model:
+        retain = GPT.from_pretrained(args.retain_model).to(device).eval()
+    elif not args.retain_logs:
+        retain = cached_finetune("retain", bench, f"retain{RETAIN_OF[pct]}", tok, args, device, ctx)
+    t_models = time.time() - t_start
+    L = lambda name: load_split(f"{bench}_{name}", args.data_dir, args.seed)[:args.limit]
+
+    # --- evaluation of the target and the retain reference (cached), before the target is changed
+    benches = [args.forget] + (["toy_mc", "toy_muse"] if bench == "toy" else []) + [b for b in args.eval.split(",") if b]
+    ev = lambda lm, ref=None: evaluate(lm, tok, benches, args.data_dir, args.limit, ref, 0, args.eval_batch_size,
+                                       device, pct)
+    rows, reference = {}, None
+    if RANK == 0:
+        with ctx:
+            if retain is not None:
+                rows["retain"] = cached_eval(retain, ev, benches, args)
+                reference = np.array(rows["retain"]["forget_truth_ratio_by_item"])
+            else:
+                reference = load_retain_logs(args.retain_logs, len(L(f"forget{pct}_perturbed")))
+            rows["target"] = cached_eval(target, ev, benches, args, reference)
+    barrier()
+
+    # --- 3: unlearning data
+    forget_ex = encode_qa(tok, L(f"forget{pct}"), system_prompt=args.system_prompt)
+    retain_ex = encode_qa(tok, L(f"retain{RETAIN_OF[pct]}"), system_prompt=args.system_prompt)
+    if not forget_ex or not retain_ex:
+        fail(f"empty forget ({len(forget_ex)}) or retain ({len(retain_ex)}) set")
+    log0(f"unlearning data: {len(forget_ex)} forget / {len(retain_ex)} retain examples")
+    os.makedirs(out, exist_ok=True)
+    if RANK == 0:
+        write_json(cfg_path, config)
+
+    model = target  # the model being unlearned (adapters attached in place, or full weights updated)
+    w = LossWeights(beta=args.beta, gamma=args.gamma, lam=args.lam, mu=args.mu)
+    extras = {"expert": [0] * len(retain_ex)}
+    f_expert = [1] * len(forget_ex)
+    theta = args.theta
+    if args.method == "alter":
+        prof = profile(model, forget_ex + retain_ex, args.q, tok.pad_id, args.eval_batch_size, args.cache, device=device)
+        ans_H = torch.cat([p["H"][max(n - 1, 0):] for p, (ids, n) in zip(prof, forget_ex + retain_ex)])
+        theta, frac, note = threshold(ans_H, args.theta, args.theta_quantile)
+        log0(f"entropy: S_{args.q} of {len(ans_H)} answer tokens, theta {theta:.3f} ({note}): "
+             f"{frac:.1%} high, {1 - frac:.1%} low")
+        extras["prof"] = prof
+    if args.method in ("alter", "asymlora"):
+        f_expert = cluster(model, forget_ex, args.n_experts, tok.pad_id, args.seed, device=device)
+        n_exp = max(f_expert)
+        log0(f"sub-domains: {n_exp} forget experts, sizes {[f_expert.count(d) for d in range(1, n_exp + 1)]}")
+    if args.method == "npo":  # the reference is the target itself: its sequence log-probs, once
+        with torch.no_grad():
+            extras["ref"] = torch.cat([seq_logp(model(b["x"], attention_mask=b["mask"])[0], b["y"]).cpu() for b in
+                                       (collate(forget_ex[i:i + 16], tok.pad_id, device) for i in range(0, len(forget_ex), 16))])
+    if args.method in ("alter", "asymlora", "lora"):
+        acfg = AlterConfig(rank=args.rank, alpha=args.alpha, n_experts=max(f_expert), router=args.method != "lora",
+                           tau_high=args.tau_high, tau_low=args.tau_low)
+        attach(model, acfg)
+        log0(trainable_summary(model))
+    else:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        log0(f"parameters: {model.num_params() / 1e6:.2f}M, all trainable (full fine-tuning)")
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    # phases: (phase, epochs); ALTER runs Phase I then Phase II, the others one phase
+    phases = [(1, 0 if args.no_phase1 else args.phase1_epochs), (2, args.epochs)] if args.method == "alter" \
+        else [(2, args.epochs)]
+    start_epoch, t_train = 0, 0.0
+    ckpt = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True) if args.resume else None
+    if ckpt:
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if n in ckpt["trainable"]:
+                    p.copy_(ckpt["trainable"][n])
+        start_epoch, t_train = ckpt["epoch"], ckpt["train_seconds"]
+        log0(f"resuming {out} after epoch {start_epoch}")
+    fwd = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if WORLD > 1 else model
+
+    def make_batch(fidx, ridx, phase):
+        b = collate([forget_ex[i] for i in fidx] + [retain_ex[i] for i in ridx], tok.pad_id, device)
+        b["expert"] = torch.tensor([f_expert[i] for i in fidx] + [0] * len(ridx), device=device)
+        if args.method == "alter":
+            items = [extras["prof"][i] for i in fidx] + [extras["prof"][len(forget_ex) + i] for i in ridx]
+            b["high"] = (pad_profile(items, "H", b["x"].size(1)) > theta).to(device)
+            b["top_ids"] = torch.cat([it["top_ids"] for it in items]).to(device)
+            b["top_logp"] = torch.cat([it["top_logp"] for it in items]).to(device)
+            b["gate"] = args.train_gate
+        if args.method == "npo":
+            b["ref_logp"] = torch.cat([extras["ref"][fidx], torch.zeros(len(ridx))]).to(device)
+        return b
+
+    def optimizer(phase):
+        if args.method not in ("alter", "asymlora", "lora"):
+            return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.0)
+        a = [p for n, p in adapter_params(model) if "lora_A" in n]
+        rest = [p for n, p in adapter_params(model) if "lora_A" not in n]
+        lr_a = args.lr_b if phase == 1 else args.lr_a  # Phase I: A learns the structure at the experts' rate
+        return torch.optim.AdamW([{"params": a, "lr": lr_a}, {"params": rest, "lr": args.lr_b}], weight_decay=0.0)
+
+    # --- the unlearning loop: one forget batch + as many random retain examples per step
+    epoch_global, step = 0, 0
+    for phase, n_epochs in phases:
+        opt = optimizer(phase)
+        for epoch in range(n_epochs):
+            epoch_global += 1
+            if epoch_global <= start_epoch:
+                if ckpt and epoch_global == start_epoch:
+                    opt.load_state_dict(ckpt["optimizer"])
+                continue
+            if args.stop_after is not None and epoch_global > args.stop_after:
+                log0(f"stopping after epoch {args.stop_after} (--stop-after)")
+                return
+            t0 = time.time()
+            rng = random.Random(args.seed * 7919 + epoch_global)
+            model.train()
+            for fidx in batch_indices(len(forget_ex), args.batch_size, args.seed, epoch_global):
+                ridx = [rng.randrange(len(retain_ex)) for _ in fidx]
+                b = make_batch(shard(fidx), shard(ridx), phase)
+                ts = time.time()
+                with ctx:
+                    loss, parts = method_loss(args.method, phase, model, b, w, fwd=fwd)
+                if not torch.isfinite(loss):
+                    fail(f"phase {phase} epoch {epoch_global} step {step}: loss is {loss.item()} "
+                         f"({ {k: round(v.item(), 4) for k, v in parts.items()} }); stopped. The last good "
+                         f"checkpoint (epoch {epoch_global - 1}) is kept in {out}")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if step % args.log_every == 0:
+                    named = ", ".join(f"{k} {v.item():.3f}" for k, v in parts.items())
+                    lrs = "/".join(f"{g['lr']:.0e}" for g in opt.param_groups)
+                    log0(f"phase {phase} epoch {epoch_global} step {step:04d} | loss {loss.item():.3f} ({named}) "
+                         f"| lr {lrs} | {(time.time() - ts) * 1e3:.0f} ms")
+                step += 1
+            t_train += time.time() - t0
+            model.eval()
+            if RANK == 0:  # the product after every epoch (atomic writes), and a checkpoint to resume from
+                save_product(model, args, out, theta)
+                torch.save({"epoch": epoch_global, "train_seconds": t_train, "optimizer": opt.state_dict(),
+                            "trainable": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}},
+                           os.path.join(out, "checkpoint.pt.tmp"))
+                os.replace(os.path.join(out, "checkpoint.pt.tmp"), os.path.join(out, "checkpoint.pt"))
+    barrier()
+    if RANK != 0:
+        return torch.distributed.destroy_process_group()
+
+    # --- 4: evaluation of the unlearned model, beside the target and retain rows computed before training
+    with ctx:
+        if hasattr(model, "alter_state"):
+            model.alter_state.set("router")
+        gate = "router" if args.method == "asymlora" else args.gate  # AsymLoRA: dense router, no entropy
+        lm = GatedLM(model, args.q, theta, gate) if args.method in ("alter", "asymlora") else model
+        rows[args.method], items = ev(lm, reference)
+    rows[args.method].update(train_seconds=round(t_train, 1), trainable_params=n_trainable,
+                             model_seconds=round(t_models, 1), total_seconds=round(time.time() - t_start, 1))
+    write_json(os.path.join(out, "metrics.json"), {"unlearned": rows[args.method], "target": rows["target"],
+                                                  **({"retain": rows["retain"]} if "retain" in rows else {})})
+    with open(os.path.join(out, "items.jsonl"), "w") as f:
+        f.writelines(json.dumps(it) + "\n" for it in items)
+    order = ["target"] + (["retain"] if "retain" in rows else []) + [args.method]
+    keys = ["forget_quality", "model_utility", "forget_truth_ratio", "forget_Q_A_Prob", "forget_Q_A_ROUGE",
+            "retain_Q_A_ROUGE", "privleak"] + (["mc_forget_acc", "mc_retain_acc", "forget_verbmem_ROUGE"]
+                                               if bench == "toy" else []) + ["train_seconds", "trainable_params"]
+    print()
+    print_table({k: rows[k] for k in order}, keys)
+    print(f"\n{out}/metrics.json written; total {time.time() - t_start:.0f} s "
+          f"(models {t_models:.0f} s, unlearning {t_train:.0f} s)")
+
+
+def cached_eval(model, ev, benches, args, reference=None):
+    """Evaluate a target or retain model once per (checkpoint, benches, limit); later runs read the result.
+    Forget quality is recomputed against the given reference."""
+    import hashlib
+    key = hashlib.sha256(json.dumps([model.source if hasattr(model, "source") else "", benches, args.limit,
+                                     args.data_dir, args.seed]).encode()).hexdigest()[:12]
+    path = os.path.join(args.cache, f"eval-{key}.json")
+    if os.path.exists(path):
+        res = json.load(open(path))
+    else:
+        res, _ = ev(model)
+        os.makedirs(args.cache, exist_ok=True)
+        write_json(path, res)
+    from evaluate import forget_quality
+    tr = np.array(res["forget_truth_ratio_by_item"])
+    res["forget_quality"] = forget_quality(tr, reference) if reference is not None else 1.0  # the reference itself
+    return res
+
+
+def save_product(model, args, out, theta):
+    """The adapter (with theta and q in its header) or, for full-parameter methods, the whole model."""
+    if hasattr(model, "alter_config"):
+        save_adapter(model, os.path.join(out, "adapter.safetensors"), {"theta": theta, "q": args.q})
+    else:
+        model.save_pretrained(os.path.join(out, "model"))
+
+
+if __name__ == "__main__":
+    try:
+        main(parser.parse_args())
+    except (ValueError, FileNotFoundError) as e:  # bad data, checkpoints or logs: one message, no traceback
+        fail(str(e))
