@@ -99,7 +99,9 @@ class AsymLoRALinear(nn.Module):
 
     def __init__(self, base, cfg, router, state, computes_gates):
         super().__init__()
-        self.base, self.router, self.state = base, router, state
+        self.base, self.state = base, state
+        # a reference, not a submodule: the router belongs to its block (one set of parameters, one name)
+        self.__dict__["router"] = router
         self.computes_gates = computes_gates  # the block's first adapter sees ln_1(x): it runs the router
         self.scaling = cfg.alpha / cfg.rank
         self.lora_A = nn.Parameter(torch.empty(cfg.rank, base.in_features))
@@ -317,11 +319,10 @@ class LossWeights:
     npo_beta: float = 0.1  # NPO's inverse temperature
 
 
-def method_loss(method, phase, model, batch, w, fwd=None):
+def method_loss(method, phase, model, batch, w):
     """Forward one batch and return (total loss, dict of named parts). The batch holds x, y, mask (B, T),
     expert (B,) with 0 for retain rows and d >= 1 for forget rows of sub-domain d, and per method: high
     (B, T) and top_ids/top_logp (the profile at labelled positions) for ALTER, ref_logp (B,) for NPO.
-    fwd: what runs the forward (the DDP wrapper of `model` under torchrun; default `model`).
 
         alter phase 1: NLL on high-entropy answer tokens of forget and retain rows, gates fixed to B_r
         alter phase 2: beta * sum_d IHL(low-entropy forget tokens of d) + gamma * NLL(retain)
@@ -348,7 +349,7 @@ def method_loss(method, phase, model, batch, w, fwd=None):
         state.set("teacher", labels=labels)
     elif state is not None:
         state.set("router")  # plain LoRA: a single expert, no gates
-    logits, _ = (fwd or model)(x, attention_mask=mask)
+    logits, _ = model(x, attention_mask=mask)
     parts = {}
     if method == "alter" and phase == 1:
         parts["nll_high"] = nll(logits, y, lab & high)

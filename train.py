@@ -177,6 +177,19 @@ def barrier():
         torch.distributed.barrier()
 
 
+def sync_grads(params):
+    """Data parallelism by hand: average the gradients over processes. A parameter no process used keeps
+    grad None, so the optimizer skips it exactly as in a single process."""
+    for p in params:
+        used = torch.tensor([float(p.grad is not None)])
+        torch.distributed.all_reduce(used)
+        if used.item() > 0:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            torch.distributed.all_reduce(p.grad)
+            p.grad /= WORLD
+
+
 def shard(idx):
     """This rank's share of a list of example indices."""
     return idx[RANK::WORLD] if WORLD > 1 else idx
@@ -290,6 +303,7 @@ def main(args):
         with torch.no_grad():
             extras["ref"] = torch.cat([seq_logp(model(b["x"], attention_mask=b["mask"])[0], b["y"]).cpu() for b in
                                        (collate(forget_ex[i:i + 16], tok.pad_id, device) for i in range(0, len(forget_ex), 16))])
+    torch.manual_seed(args.seed)  # adapter init must not depend on whether the models came from the cache
     if args.method in ("alter", "asymlora", "lora"):
         acfg = AlterConfig(rank=args.rank, alpha=args.alpha, n_experts=max(f_expert), router=args.method != "lora",
                            tau_high=args.tau_high, tau_low=args.tau_low)
@@ -313,7 +327,6 @@ def main(args):
                     p.copy_(ckpt["trainable"][n])
         start_epoch, t_train = ckpt["epoch"], ckpt["train_seconds"]
         log0(f"resuming {out} after epoch {start_epoch}")
-    fwd = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if WORLD > 1 else model
 
     def make_batch(fidx, ridx, phase):
         b = collate([forget_ex[i] for i in fidx] + [retain_ex[i] for i in ridx], tok.pad_id, device)
@@ -333,7 +346,9 @@ def main(args):
             return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.0)
         a = [p for n, p in adapter_params(model) if "lora_A" in n]
         rest = [p for n, p in adapter_params(model) if "lora_A" not in n]
-        lr_a = args.lr_b if phase == 1 else args.lr_a  # Phase I: A learns the structure at the experts' rate
+        # ALTER's Phase II moves A slowly (paper: 1e-5); in Phase I A learns the structure at the experts' rate,
+        # and plain LoRA / AsymLoRA train A and B alike
+        lr_a = args.lr_a if args.method == "alter" and phase == 2 else args.lr_b
         return torch.optim.AdamW([{"params": a, "lr": lr_a}, {"params": rest, "lr": args.lr_b}], weight_decay=0.0)
 
     # --- the unlearning loop: one forget batch + as many random retain examples per step
@@ -357,13 +372,15 @@ def main(args):
                 b = make_batch(shard(fidx), shard(ridx), phase)
                 ts = time.time()
                 with ctx:
-                    loss, parts = method_loss(args.method, phase, model, b, w, fwd=fwd)
+                    loss, parts = method_loss(args.method, phase, model, b, w)
                 if not torch.isfinite(loss):
                     fail(f"phase {phase} epoch {epoch_global} step {step}: loss is {loss.item()} "
                          f"({ {k: round(v.item(), 4) for k, v in parts.items()} }); stopped. The last good "
                          f"checkpoint (epoch {epoch_global - 1}) is kept in {out}")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                if WORLD > 1:
+                    sync_grads([p for p in model.parameters() if p.requires_grad])
                 opt.step()
                 if step % args.log_every == 0:
                     named = ", ".join(f"{k} {v.item():.3f}" for k, v in parts.items())

@@ -57,7 +57,8 @@ def test_baselines_run(tmp_path, cache, method):
     r = run(QUICK + ["--out", out, "--method", method], cache)
     m = json.load(open(os.path.join(out, "metrics.json")))
     assert m["unlearned"]["trainable_params"] > 0 and "forget_quality" in m["unlearned"]
-    assert method in r.stdout.splitlines()[-16]  # the table's header names the method
+    header = next(line for line in r.stdout.splitlines() if line.startswith("metric"))
+    assert header.split() == ["metric", "target", "retain", method]
 
 
 def test_hub_layout_checkpoint_and_real_tofu(tmp_path, cache, shared_data):
@@ -79,7 +80,13 @@ def test_torchrun_two_processes(tmp_path, cache):
                         "--out", out, "--cache", str(cache)], cwd=ROOT, capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert "2 process(es)" in r.stdout
-    assert os.path.exists(os.path.join(out, "metrics.json"))
+    single = str(tmp_path / "single")
+    run(QUICK + ["--out", single], cache)
+    # each process takes half of every batch and gradients are averaged: the same updates up to how the
+    # per-process means weigh tokens, so the metrics agree closely but not bit for bit
+    a, b = metrics(out)["unlearned"], metrics(single)["unlearned"]
+    for k in ("forget_truth_ratio", "forget_Q_A_Prob", "model_utility", "mc_forget_acc"):
+        assert abs(a[k] - b[k]) <= 0.05 + 0.05 * abs(b[k]), (k, a[k], b[k])
 
 
 def test_bad_input(tmp_path, cache):
