@@ -287,7 +287,7 @@ BENCHES = ("tofu_forget01", "tofu_forget05", "tofu_forget10", "toy_forget01", "t
 
 
 def evaluate(lm, tok, benches, data_dir=None, limit=None, reference=None, shots=0, batch_size=16, device="cpu",
-             pct="10"):
+             pct="10", per_subject=None):
     """Run every bench; returns (summary dict, per-item list). `reference`: per-item forget truth ratios of
     the retain model for forget quality (None: forget_quality is reported as missing). pct: which forget
     people toy_mc and toy_muse ask about (01, 05, 10)."""
@@ -300,7 +300,16 @@ def evaluate(lm, tok, benches, data_dir=None, limit=None, reference=None, shots=
             b, split = bench.split("_", 1)
             s, it = tofu_like(lm, tok, b, split, data_dir, limit, reference, batch_size, device)
         elif bench in ("mmlu", "wmdp_bio", "wmdp_cyber", "wmdp_chem"):
-            rows = load_split("mmlu_test" if bench == "mmlu" else bench, data_dir)[:limit]
+            rows = load_split("mmlu_test" if bench == "mmlu" else bench, data_dir)
+            if per_subject:  # a fixed subset: the first N questions of every subject
+                seen = {}
+                kept = []
+                for r in rows:
+                    seen[r["subject"]] = seen.get(r["subject"], 0) + 1
+                    if seen[r["subject"]] <= per_subject:
+                        kept.append(r)
+                rows = kept
+            rows = rows[:limit]
             dev = load_split("mmlu_dev", data_dir) if shots else ()
             correct = eval_mc(lm, tok, rows, dev, shots, batch_size, device, bench)
             s = {f"{bench}_acc": float(np.mean(correct))}
@@ -369,6 +378,7 @@ def main(argv=None):
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N items of each set (N >= 1)")
     p.add_argument("--batch-size", type=int, default=16, help="sequences per forward")
     p.add_argument("--shots", type=int, default=0, help="MMLU few-shot examples from the dev split (0 or 5)")
+    p.add_argument("--per-subject", type=int, default=None, help="MMLU/WMDP: only the first N questions of each subject")
     p.add_argument("--system-prompt", default=None, help="override the chat system prompt")
     p.add_argument("--q", type=float, default=1.5, help="Tsallis q of the entropy gate")
     p.add_argument("--theta", type=float, default=1.2, help="entropy threshold of the gate")
@@ -400,7 +410,7 @@ def main(argv=None):
             lm = GatedLM(model, args.q, args.theta, args.gate)
         print(tok.describe(args.system_prompt))
         summary, items = evaluate(lm, tok, benches, args.data_dir, args.limit, reference, args.shots,
-                                  args.batch_size, args.device)
+                                  args.batch_size, args.device, per_subject=args.per_subject)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
     out = args.out or (os.path.dirname(path) if args.adapter else os.path.join("out", "eval"))

@@ -1,0 +1,36 @@
+"""Collect the metrics.json of several runs into one markdown table: python experiments/collect.py RUNS_DIR"""
+import json
+import os
+import sys
+
+COLS = [("forget_quality", "forget quality ↑"), ("model_utility", "model utility ↑"),
+        ("forget_truth_ratio", "forget truth ratio"), ("forget_Q_A_ROUGE", "forget ROUGE ↓"),
+        ("retain_Q_A_ROUGE", "retain ROUGE ↑"), ("mc_forget_acc", "forget MC acc ↓"),
+        ("mc_retain_acc", "retain MC acc ↑"), ("forget_verbmem_ROUGE", "VerbMem ↓"),
+        ("train_seconds", "unlearning time (s)"), ("trainable_params", "trainable params")]
+
+
+def fmt(v):
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.2e}" if 0 < abs(v) < 1e-2 else f"{v:.3f}" if abs(v) < 100 else f"{v:.0f}"
+    return str(v)
+
+
+root = sys.argv[1]
+runs = sorted(d for d in os.listdir(root) if os.path.exists(os.path.join(root, d, "metrics.json")))
+rows = {}
+for d in runs:
+    m = json.load(open(os.path.join(root, d, "metrics.json")))
+    rows.setdefault("target", m["target"])
+    if "retain" in m:
+        rows.setdefault("retain", m["retain"])
+    rows[d] = m["unlearned"]
+order = ["target", "retain"] + [r for r in ("alter", "asymlora", "lora", "npo", "gd", "ga") if r in rows] + \
+    [r for r in rows if r.startswith("alter-")]
+cols = [(k, h) for k, h in COLS if any(k in rows[r] for r in order)]
+print("| model | " + " | ".join(h for _, h in cols) + " |")
+print("|---" * (len(cols) + 1) + "|")
+for r in order:
+    print(f"| {r} | " + " | ".join(fmt(rows[r].get(k)) for k, _ in cols) + " |")
