@@ -180,15 +180,13 @@ def save_adapter(model, path, extra=None):
 
 def load_adapter(model, path):
     """Attach adapters as saved in `path` to a base model and load them. Fails naming any mismatch."""
-    import struct
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        meta = json.loads(f.read(n)).get("__metadata__", {})
+    saved, meta = read_safetensors(path, metadata=True)
+    if "alter_config" not in meta:
+        raise ValueError(f"{path}: not an adapter file of this project (no alter_config in its header)")
     cfg = json.loads(meta["alter_config"])
     cfg = AlterConfig(**{**cfg, "sites": tuple(cfg["sites"])})
     attach(model, cfg)
     ours = dict(adapter_params(model))
-    saved = read_safetensors(path)
     bad = sorted(set(ours) ^ set(saved)) + [f"{k}: file {tuple(saved[k].shape)} vs model {tuple(ours[k].shape)}"
                                             for k in set(ours) & set(saved) if ours[k].shape != saved[k].shape]
     if bad:

@@ -28,10 +28,20 @@ from data.benchmarks import load_split
 # model calls, batched: per-token log-probs of labelled spans, greedy generation, last-position logits
 
 
+MAX_BATCH_TOKENS = 8192  # padded tokens per forward: bounds the (B, T, V) logits of long prompts (MMLU law, WMDP code)
+
+
 def _by_length(n_items, lengths, batch_size):
-    """Batches of indices, longest first, so padding is small; the caller puts results back in place."""
+    """Batches of indices, longest first so padding is small, of at most batch_size items and
+    MAX_BATCH_TOKENS padded tokens; the caller puts results back in place."""
     order = sorted(range(n_items), key=lambda i: -lengths[i])
-    return [order[i:i + batch_size] for i in range(0, n_items, batch_size)]
+    batches, cur = [], []
+    for i in order:
+        if cur and (len(cur) == batch_size or (len(cur) + 1) * lengths[cur[0]] > MAX_BATCH_TOKENS):
+            batches.append(cur)
+            cur = []
+        cur.append(i)
+    return batches + ([cur] if cur else [])
 
 
 @torch.no_grad()
@@ -75,7 +85,7 @@ def last_logits(lm, prompts, pad_id, batch_size=16, device="cpu", desc="mc"):
         b = collate([(prompts[i] + [pad_id], len(prompts[i])) for i in idx], pad_id, device)
         logits, _ = lm(b["x"], attention_mask=b["mask"])
         for j, i in enumerate(idx):
-            out[i] = logits[j, len(prompts[i]) - 1].float().cpu()
+            out[i] = logits[j, len(prompts[i]) - 1].float().cpu().clone()  # a copy: a view would keep all logits alive
     return torch.stack(out)
 
 # -----------------------------------------------------------------------------

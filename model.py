@@ -227,9 +227,10 @@ SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.
                       "I64": torch.int64, "I32": torch.int32, "U8": torch.uint8, "BOOL": torch.bool}
 
 
-def read_safetensors(path):
+def read_safetensors(path, metadata=False):
     """Read a .safetensors file: 8-byte little-endian header length, a JSON header, raw little-endian tensors.
-    Every length and offset is checked against the file size, and errors name the file."""
+    Every length and offset is checked against the file size, and errors name the file.
+    Returns {name: tensor}, or ({name: tensor}, the header's __metadata__ dict) with metadata=True."""
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         if size < 8:
@@ -241,7 +242,7 @@ def read_safetensors(path):
             header = json.loads(f.read(n))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"{path}: corrupt safetensors header ({e})") from None
-        header.pop("__metadata__", None)
+        meta = header.pop("__metadata__", None) or {}
         data_size = size - 8 - n
         buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if size > 8 + n else bytearray()
     tensors = {}
@@ -258,7 +259,7 @@ def read_safetensors(path):
         t = torch.frombuffer(buf, dtype=dtype, count=numel, offset=8 + n + begin) if numel else \
             torch.empty(0, dtype=dtype)
         tensors[name] = t.reshape(info["shape"])
-    return tensors
+    return (tensors, meta) if metadata else tensors
 
 
 def write_safetensors(path, tensors, metadata=None):

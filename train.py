@@ -207,6 +207,8 @@ def main(args):
         except ValueError as e:
             fail(str(e))
         fail(f"{args.forget!r} is a split but not a forget split this script unlearns; valid: {', '.join(FORGETS)}")
+    if args.limit is not None and args.limit < 1:
+        fail(f"--limit must be at least 1, got {args.limit}")
     bench, pct = args.forget.split("_")[0], args.forget[-2:]
     if args.model == "tiny" and bench != "toy":
         fail("--model tiny is the from-scratch model of the toy benchmark; give a checkpoint for " + bench)
@@ -285,7 +287,7 @@ def main(args):
 
     model = target  # the model being unlearned (adapters attached in place, or full weights updated)
     w = LossWeights(beta=args.beta, gamma=args.gamma, lam=args.lam, mu=args.mu)
-    extras = {"expert": [0] * len(retain_ex)}
+    extras = {}  # per-method precomputations: the entropy profile (alter), reference log-probs (npo)
     f_expert = [1] * len(forget_ex)
     theta = args.theta
     if args.method == "alter":
