@@ -450,7 +450,10 @@ class GPT(nn.Module):
         if missing or unexpected or shapes:
             raise ValueError(f"{d}: checkpoint does not match the {config.arch} model built from config.json\n"
                              f"  missing: {missing}\n  unexpected: {unexpected}\n  mis-shaped: {shapes}")
-        model.load_state_dict({k: v.to(dtype) for k, v in theirs.items()}, strict=False, assign=True)
+        weights = {k: v.to(dtype) for k, v in theirs.items()}
+        if config.tie_word_embeddings:  # the head is the embedding matrix: give both names the same tensor
+            weights["lm_head.weight"] = weights["transformer.wte.weight"]
+        model.load_state_dict(weights, strict=True, assign=True)
         if config.tie_word_embeddings:
             model.lm_head.weight = model.transformer.wte.weight
         if config.arch == "llama":  # non-persistent buffer: rebuild it off the meta device
