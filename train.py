@@ -22,6 +22,7 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 # -----------------------------------------------------------------------------
 # knobs
@@ -131,7 +132,8 @@ def finetune(model, examples, epochs, lr, batch_size, seed, device, ctx, desc):
     total, step, t0 = epochs * per_epoch, 0, time.time()
     model.train()
     for epoch in range(epochs):
-        for idx in batch_indices(len(examples), batch_size, seed, epoch):
+        for idx in tqdm(batch_indices(len(examples), batch_size, seed, epoch), desc=f"{desc} epoch {epoch + 1}",
+                        leave=False, disable=None):
             for g in opt.param_groups:
                 g["lr"] = lr * min((step + 1) / per_epoch, (total - step) / max(1, total - per_epoch))
             b = collate([examples[i] for i in idx], 0, device)
@@ -369,7 +371,8 @@ def main(args):
             t0 = time.time()
             rng = random.Random(args.seed * 7919 + epoch_global)
             model.train()
-            for fidx in batch_indices(len(forget_ex), args.batch_size, args.seed, epoch_global):
+            for fidx in tqdm(batch_indices(len(forget_ex), args.batch_size, args.seed, epoch_global),
+                             desc=f"phase {phase} epoch {epoch_global}", leave=False, disable=None):
                 ridx = [rng.randrange(len(retain_ex)) for _ in fidx]
                 b = make_batch(shard(fidx), shard(ridx), phase)
                 ts = time.time()
