@@ -203,11 +203,11 @@ def eval_mc_cloze(lm, tok, rows, batch_size=16, device="cpu", desc="mc"):
     return [int(p == r["answer"]) for p, r in zip(pred, rows)]
 
 
-def tofu_like(lm, tok, bench, split, data_dir, limit, reference, batch_size, device, max_new_tokens=200):
+def tofu_like(lm, tok, bench, split, data_dir, limit, reference, batch_size, device, max_new_tokens=200, seed=0):
     """TOFU metrics of one forget split (bench "tofu" or "toy"): forget prob / truth ratio / ROUGE, forget
     quality against a reference's per-item truth ratios, privleak vs holdout, and model utility."""
     pct = split.removeprefix("forget")
-    L = lambda name: load_split(f"{bench}_{name}", data_dir)[:limit]
+    L = lambda name: load_split(f"{bench}_{name}", data_dir, seed)[:limit]
     summary, items = {}, []
 
     def qa_set(tag, rows, true_key, wrong_key, tr_kind):
@@ -257,13 +257,13 @@ def tofu_like(lm, tok, bench, split, data_dir, limit, reference, batch_size, dev
     return summary, items
 
 
-def muse_like(lm, tok, bench, data_dir, limit, batch_size, device, auc_ref=None, pct="10"):
+def muse_like(lm, tok, bench, data_dir, limit, batch_size, device, auc_ref=None, pct="10", seed=0):
     """MUSE's VerbMem (ROUGE-L F1 of 128 greedy tokens after the prompt), KnowMem (ROUGE-L F1 of <= 32
     tokens, few-shot ICL) and PrivLeak (Min-K% 40 AUC forget vs holdout) — or their toy analogs."""
     summary, items = {}, []
     if bench == "toy_muse":
-        verb, kn, priv = load_split(f"toy_verbmem_forget{pct}")[:limit], None, \
-            (load_split(f"toy_bio_forget{pct}")[:limit], load_split("toy_bio_holdout")[:limit])
+        verb, kn, priv = load_split(f"toy_verbmem_forget{pct}", seed=seed)[:limit], None, \
+            (load_split(f"toy_bio_forget{pct}", seed=seed)[:limit], load_split("toy_bio_holdout", seed=seed)[:limit])
     else:
         verb = load_split(f"{bench}_verbmem_forget", data_dir)[:limit]
         kn = {s: (load_split(f"{bench}_knowmem_{s}_qa", data_dir)[:limit],
@@ -297,10 +297,10 @@ BENCHES = ("tofu_forget01", "tofu_forget05", "tofu_forget10", "toy_forget01", "t
 
 
 def evaluate(lm, tok, benches, data_dir=None, limit=None, reference=None, shots=0, batch_size=16, device="cpu",
-             pct="10", per_subject=None):
+             pct="10", per_subject=None, seed=0):
     """Run every bench; returns (summary dict, per-item list). `reference`: per-item forget truth ratios of
     the retain model for forget quality (None: forget_quality is reported as missing). pct: which forget
-    people toy_mc and toy_muse ask about (01, 05, 10)."""
+    people toy_mc and toy_muse ask about (01, 05, 10); seed: the toy benchmark's seed."""
     summary, items = {}, []
     for bench in benches:
         if bench not in BENCHES:
@@ -308,7 +308,7 @@ def evaluate(lm, tok, benches, data_dir=None, limit=None, reference=None, shots=
         t0 = time.time()
         if bench.startswith(("tofu_", "toy_forget")):
             b, split = bench.split("_", 1)
-            s, it = tofu_like(lm, tok, b, split, data_dir, limit, reference, batch_size, device)
+            s, it = tofu_like(lm, tok, b, split, data_dir, limit, reference, batch_size, device, seed=seed)
         elif bench in ("mmlu", "wmdp_bio", "wmdp_cyber", "wmdp_chem"):
             rows = load_split("mmlu_test" if bench == "mmlu" else bench, data_dir)
             if per_subject:  # a fixed subset: the first N questions of every subject
@@ -328,12 +328,12 @@ def evaluate(lm, tok, benches, data_dir=None, limit=None, reference=None, shots=
         elif bench == "toy_mc":
             s, it = {}, []
             for part in (f"forget{pct}", "retain"):
-                rows = load_split(f"toy_mc_{part}")[:limit]
+                rows = load_split(f"toy_mc_{part}", seed=seed)[:limit]
                 correct = eval_mc_cloze(lm, tok, rows, batch_size, device, f"mc {part}")
                 s[f"mc_{part.rstrip('0123456789')}_acc"] = float(np.mean(correct))
                 it += [{"bench": bench, "set": part, "index": i, "correct": c} for i, c in enumerate(correct)]
         else:
-            s, it = muse_like(lm, tok, bench, data_dir, limit, batch_size, device, pct=pct)
+            s, it = muse_like(lm, tok, bench, data_dir, limit, batch_size, device, pct=pct, seed=seed)
         s[f"{bench}_seconds"] = round(time.time() - t0, 1)
         summary.update(s)
         items += it
@@ -393,6 +393,7 @@ def main(argv=None):
     p.add_argument("--q", type=float, default=1.5, help="Tsallis q of the entropy gate")
     p.add_argument("--theta", type=float, default=1.2, help="entropy threshold of the gate")
     p.add_argument("--device", default="cpu", help="cpu | cuda | mps")
+    p.add_argument("--seed", type=int, default=0, help="seed of the toy benchmark's data (as given to train.py)")
     p.add_argument("--out", default=None, help="folder for metrics.json and items.jsonl (default: beside the adapter, or out/eval)")
     args = p.parse_args(argv)
     benches = [b for b in args.bench.split(",") if b]
@@ -409,7 +410,8 @@ def main(argv=None):
         reference = None
         if args.retain_logs:
             tofu = [b for b in benches if b.startswith(("tofu_", "toy_forget"))]
-            n = len(load_split(f"{tofu[0].split('_')[0]}_{tofu[0].split('_')[1]}_perturbed", args.data_dir)[:args.limit]) \
+            n = len(load_split(f"{tofu[0].split('_')[0]}_{tofu[0].split('_')[1]}_perturbed", args.data_dir,
+                               args.seed)[:args.limit]) \
                 if tofu else 0
             reference = load_retain_logs(args.retain_logs, n)
         lm = model
@@ -420,7 +422,7 @@ def main(argv=None):
             lm = GatedLM(model, args.q, args.theta, args.gate)
         print(tok.describe(args.system_prompt))
         summary, items = evaluate(lm, tok, benches, args.data_dir, args.limit, reference, args.shots,
-                                  args.batch_size, args.device, per_subject=args.per_subject)
+                                  args.batch_size, args.device, per_subject=args.per_subject, seed=args.seed)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
     out = args.out or (os.path.dirname(path) if args.adapter else os.path.join("out", "eval"))

@@ -265,7 +265,7 @@ def main(args):
     # --- evaluation of the target and the retain reference (cached), before the target is changed
     benches = [args.forget] + (["toy_mc", "toy_muse"] if bench == "toy" else []) + [b for b in args.eval.split(",") if b]
     ev = lambda lm, ref=None: evaluate(lm, tok, benches, args.data_dir, args.limit, ref, 0, args.eval_batch_size,
-                                       device, pct)
+                                       device, pct, seed=args.seed)
     rows, reference = {}, None
     if RANK == 0:
         with ctx:

@@ -118,3 +118,16 @@ def test_cli_bad_input(tmp_path):
                 str(tmp_path / "logs.json"), "--out", str(out))
     assert r.returncode != 0 and "7 forget items, but this forget split has 24" in r.stderr
     assert not out.exists(), "a failed run wrote output"
+
+
+def test_toy_evaluation_follows_the_data_seed():
+    from data.benchmarks import load_split
+    from evaluate import evaluate
+    from model import GPT, GPTConfig, TINY
+    from tokenizer import Tokenizer
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**{**TINY, "n_layer": 1, "n_embd": 32, "n_head": 2})).eval()
+    _, items = evaluate(model, Tokenizer.gpt2(), ["toy_forget10"], limit=2, seed=1, batch_size=8)
+    asked = [it["question"] for it in items if it["set"] == "forget"]
+    assert asked == [r["question"] for r in load_split("toy_forget10_perturbed", seed=1)[:2]]
+    assert asked != [r["question"] for r in load_split("toy_forget10_perturbed", seed=0)[:2]]
