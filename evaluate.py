@@ -420,7 +420,8 @@ def main(argv=None):
             path = args.adapter if args.adapter.endswith(".safetensors") else os.path.join(args.adapter, "adapter.safetensors")
             load_adapter(model, path)
             lm = GatedLM(model, args.q, args.theta, args.gate)
-        print(tok.describe(args.system_prompt))
+        tok.system = args.system_prompt
+        print(tok.describe())
         summary, items = evaluate(lm, tok, benches, args.data_dir, args.limit, reference, args.shots,
                                   args.batch_size, args.device, per_subject=args.per_subject, seed=args.seed)
     except (ValueError, FileNotFoundError) as e:

@@ -113,6 +113,7 @@ class Tokenizer:
         self.eos_id, self.bos_id, self.add_bos = eos_id, bos_id, add_bos
         self.chat_template, self.bos_token, self.eos_token = chat_template, bos_token, eos_token
         self.pad_id = eos_id  # padding is masked everywhere; EOS is the usual stand-in
+        self.system = None  # a system prompt that replaces the format's default everywhere (--system-prompt)
         self.defaults = next((v for k, v in CHAT_DEFAULTS.items() if chat_template and k in chat_template), {})
 
     def encode(self, text, bos=False):
@@ -189,7 +190,10 @@ class Tokenizer:
             eos_token=self.eos_token, **{k: v for k, v in self.defaults.items() if k != "system_prompt"})
 
     def system_prompt(self, override=None):
-        return override if override is not None else self.defaults.get("system_prompt")
+        for s in (override, self.system):
+            if s is not None:
+                return s
+        return self.defaults.get("system_prompt")
 
     def prompt_ids(self, question, system_prompt=None, few_shot=()):
         """Token ids of the prompt alone (what generation starts from). few_shot: (q, a) pairs put before

@@ -251,7 +251,8 @@ def main(args):
     if tok is None:
         from model import resolve_checkpoint
         tok = Tokenizer.from_pretrained(resolve_checkpoint(args.target or args.model))
-    log0("prompt format:", tok.describe(args.system_prompt))
+    tok.system = args.system_prompt  # training and evaluation prompts alike
+    log0("prompt format:", tok.describe())
     target = GPT.from_pretrained(args.target).to(device).eval() if args.target else \
         cached_finetune("target", bench, "full", tok, args, device, ctx)
     retain = None

@@ -88,3 +88,14 @@ def test_llama3_style_template_gets_open_unlearning_defaults(tmp_path, smollm2_d
     text = tok.decode(tok.prompt_ids("Q?"))
     assert "Today Date: 10 Apr 2025\n\nYou are a helpful assistant.<|eot_id|>" in text
     assert text.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
+
+
+def test_system_prompt_override_reaches_every_prompt(smollm2_dir):
+    tok = Tokenizer.from_pretrained(str(smollm2_dir))
+    tok.system = "Answer briefly."
+    assert tok.decode(tok.prompt_ids("Q?")).startswith("<|im_start|>system\nAnswer briefly.<|im_end|>")
+    ids, n = tok.encode_qa("Q?", "A.")
+    assert tok.decode(ids[:n]) == tok.decode(tok.prompt_ids("Q?"))
+    plain = Tokenizer.gpt2()
+    plain.system = "Be brief."
+    assert plain.decode(plain.prompt_ids("Q?")) == "Be brief.\n\nQuestion: Q?\nAnswer:"
