@@ -28,6 +28,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from data.batching import collate
+from entropy import tsallis
 from model import GPT, read_safetensors, write_safetensors
 
 # -----------------------------------------------------------------------------
@@ -211,7 +213,6 @@ class GatedLM(nn.Module):
         return {"base": self.model.new_cache(), "adapted": self.model.new_cache()}
 
     def forward(self, idx, attention_mask=None, targets=None, cache=None):
-        from entropy import tsallis
         st = self.model.alter_state
         if self.gate == "entropy":
             st.set("off")
@@ -230,7 +231,6 @@ class GatedLM(nn.Module):
 @torch.no_grad()
 def cluster(model, examples, n_clusters, pad_id, seed=0, iters=50, device="cpu"):
     """Expert label (1..N) of each forget example. N is capped by the number of examples."""
-    from data.batching import collate
     feats = []
     for i in range(0, len(examples), 16):
         b = collate(examples[i:i + 16], pad_id, device)

@@ -3,7 +3,7 @@ One command from a base model to an evaluated unlearned model.
 
     python train.py --forget toy_forget10 --model tiny                 # offline toy benchmark, CPU, minutes
     python train.py --forget tofu_forget10 --model gpt2 --method npo   # real TOFU (hub, or --data-dir)
-    torchrun --nproc_per_node=2 train.py --forget toy_forget10 --model tiny   # DDP (gloo on CPU)
+    torchrun --nproc_per_node=2 train.py --forget toy_forget10 --model tiny   # data parallel (gloo on CPU)
 
 The run, in order:
   1. target model: --target, else --model fine-tuned on the benchmark's full training data (cached in out/cache)
@@ -13,6 +13,7 @@ The run, in order:
   4. evaluation: target, retain and unlearned side by side; metrics.json in the run folder
 """
 import argparse
+import hashlib
 import json
 import os
 import random
@@ -92,8 +93,8 @@ from alter import (AlterConfig, GatedLM, LossWeights, adapter_params, attach, cl
 from data.batching import batch_indices, collate, encode_qa, encode_text  # noqa: E402
 from data.benchmarks import load_split  # noqa: E402
 from entropy import pad_profile, profile, threshold  # noqa: E402
-from evaluate import evaluate, load_retain_logs, print_table, write_json  # noqa: E402
-from model import GPT, TINY, GPTConfig  # noqa: E402
+from evaluate import evaluate, forget_quality, load_retain_logs, print_table, write_json  # noqa: E402
+from model import GPT, TINY, GPTConfig, resolve_checkpoint  # noqa: E402
 from tokenizer import Tokenizer  # noqa: E402
 
 
@@ -249,7 +250,6 @@ def main(args):
     # --- 1, 2: target and retain models
     tok = Tokenizer.gpt2() if args.model == "tiny" else None
     if tok is None:
-        from model import resolve_checkpoint
         tok = Tokenizer.from_pretrained(resolve_checkpoint(args.target or args.model))
     tok.system = args.system_prompt  # training and evaluation prompts alike
     log0("prompt format:", tok.describe())
@@ -432,7 +432,6 @@ def main(args):
 def cached_eval(model, ev, benches, args, reference=None):
     """Evaluate a target or retain model once per (checkpoint, benches, limit); later runs read the result.
     Forget quality is recomputed against the given reference."""
-    import hashlib
     key = hashlib.sha256(json.dumps([model.source if hasattr(model, "source") else "", benches, args.limit,
                                      args.data_dir, args.seed]).encode()).hexdigest()[:12]
     path = os.path.join(args.cache, f"eval-{key}.json")
@@ -442,7 +441,6 @@ def cached_eval(model, ev, benches, args, reference=None):
         res, _ = ev(model)
         os.makedirs(args.cache, exist_ok=True)
         write_json(path, res)
-    from evaluate import forget_quality
     tr = np.array(res["forget_truth_ratio_by_item"])
     res["forget_quality"] = forget_quality(tr, reference) if reference is not None else 1.0  # the reference itself
     return res
