@@ -294,7 +294,7 @@ def routing_ce(model, labels, where):
 
 def seq_logp(logits, y):
     """Summed log-prob of the labelled tokens of each row: (B,)."""
-    logp = -F.cross_entropy(logits.float().transpose(1, 2), y.clamp(min=0), reduction="none")  # (B, T)
+    logp = -F.cross_entropy(logits.float().flatten(0, 1), y.clamp(min=0).flatten(), reduction="none").view(y.shape)
     return (logp * (y != -100)).sum(1)
 
 
@@ -303,6 +303,25 @@ def npo(logits, y, ref_logp, rows, beta=0.1):
     forget rows, sequence log-probs summed over answer tokens; pi_ref = the target model (precomputed)."""
     ratio = seq_logp(logits, y)[rows] - ref_logp[rows]
     return (2 / beta) * F.softplus(beta * ratio).mean()
+
+def rmu(h, u, h_ref, forget, retain, alpha):
+    """RMU (Li et al. 2024, the WMDP paper) on one layer's activations h (B, T, d): forget tokens are pulled to
+    the fixed random control vector u (d,), retain tokens to the frozen model's activations h_ref, each a
+    squared error averaged over d and then over the tokens in the mask (open-unlearning's masked MSE):
+        mean_{t in forget} |h_t - u|^2 / d  +  alpha * mean_{t in retain} |h_t - h_ref_t|^2 / d"""
+    mse = lambda a, b, where: ((a[where].float() - b.float()) ** 2).mean() if where.any() else a.sum() * 0
+    return mse(h, u, forget), alpha * mse(h, h_ref[retain], retain)
+
+
+def layer_output(model, layer, x, mask):
+    """The output of block `layer` (B, T, d), read by a forward hook during a forward pass."""
+    seen = []
+    handle = model.transformer.h[layer].register_forward_hook(lambda m, inp, out: seen.append(out))
+    try:
+        model(x, attention_mask=mask, hidden_only=True)
+    finally:
+        handle.remove()
+    return seen[0]
 
 # -----------------------------------------------------------------------------
 # the losses of every method, in one place
@@ -315,6 +334,7 @@ class LossWeights:
     lam: float = 0.01      # structural invariance KL
     mu: float = 1.0        # routing cross-entropy
     npo_beta: float = 0.1  # NPO's inverse temperature
+    alpha: float = 100.0   # RMU's retain weight
 
 
 def method_loss(method, phase, model, batch, w):
@@ -327,6 +347,8 @@ def method_loss(method, phase, model, batch, w):
                        + lam * KL(base || model) on high-entropy answer tokens + mu * routing CE
         asymlora:      beta * sum_d IHL(all forget answer tokens of d) + gamma * NLL(retain) + mu * routing CE
         ga: -NLL(forget)   gd, lora: -NLL(forget) + gamma * NLL(retain)   npo: NPO(forget) + gamma * NLL(retain)
+        rmu:           forget activations of one layer -> u, retain activations -> the frozen model's (batch:
+                       rmu_layer, rmu_u, h_ref = the frozen model's activations of the batch)
     """
     x, y, mask, expert = batch["x"], batch["y"], batch["mask"], batch["expert"]
     lab = y != -100
@@ -336,6 +358,10 @@ def method_loss(method, phase, model, batch, w):
     labels = torch.where(lab, expert[:, None], 0)
     forget = (expert > 0)[:, None] & lab
     retain = (expert == 0)[:, None] & lab
+    if method == "rmu":  # at the labelled positions (text: every token)
+        h = layer_output(model, batch["rmu_layer"], x, mask)
+        parts = dict(zip(("forget_mse", "retain_mse"), rmu(h, batch["rmu_u"], batch["h_ref"], forget, retain, w.alpha)))
+        return parts["forget_mse"] + parts["retain_mse"], parts
     state = getattr(model, "alter_state", None)
     if method == "alter":
         high = batch["high"]

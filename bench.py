@@ -5,15 +5,23 @@ Speed of our model against transformers, measured in one run on the same weights
     python bench.py --model .cache/smollm2 --device cuda
 
 Prints one table, each figure measured in this run:
-  - forward time (batch x tokens) and greedy generation tokens/s, ours vs transformers' on the same weights;
+  - forward time (batch x tokens), ours vs transformers' on the same weights: the --model checkpoint and a
+    GPT-2-shaped model (124M, random weights unless --gpt2 names a checkpoint);
+  - greedy generation tokens/s, ours vs transformers.generate;
   - one unlearning step (forward + backward + optimizer) of ALTER Phase II, plain LoRA (GradDiff), AsymLoRA
-    and full fine-tuning GradDiff on the same batch, as ratios to plain LoRA, with the memory each needs for
-    trainable weights, gradients and AdamW state (and the peak allocated memory on CUDA);
+    and full fine-tuning GradDiff on the same batch, as ratios to plain LoRA, and the peak memory each step
+    adds to the loaded model (CPU: resident memory sampled every millisecond, each method in its own
+    process; CUDA: peak allocated memory);
   - MMLU questions per second (zero-shot, when ../shared/data is there).
 transformers is only imported here and in the tests, never by the product.
 """
 import argparse
+import json
 import os
+import subprocess
+import sys
+import tempfile
+import threading
 import time
 
 import torch
@@ -34,6 +42,9 @@ parser.add_argument("--step-batch", type=int, default=8, help="unlearning step: 
 parser.add_argument("--step-tokens", type=int, default=64, help="unlearning step: tokens per sequence")
 parser.add_argument("--mmlu", type=int, default=256, help="MMLU questions to time (0: skip)")
 parser.add_argument("--data-dir", default="../shared/data", help="local mirror with MMLU (skipped if absent)")
+parser.add_argument("--gpt2", default="random", help="GPT-2 checkpoint for the second forward row ('random': "
+                                                     "GPT-2 small's shape, random weights; 'skip')")
+parser.add_argument("--step-only", default=None, help=argparse.SUPPRESS)  # internal: one method's step, as JSON
 args = parser.parse_args()
 # -----------------------------------------------------------------------------
 
@@ -53,9 +64,39 @@ def timed(fn, repeats):
     return sorted(times)[len(times) // 2]
 
 
-def step_rows(base):
-    """Time one unlearning step of each method on the same batch; ratios to plain LoRA."""
-    import copy
+def rss():
+    """Resident memory of this process (bytes), from /proc (Linux)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakRSS:
+    """Peak resident memory above the level at entry, sampled every millisecond by a thread (CPU)."""
+    def __enter__(self):
+        self.base = self.peak = rss()
+        self.running = True
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+        self.thread.start()
+        return self
+
+    def _poll(self):
+        while self.running:
+            self.peak = max(self.peak, rss())
+            time.sleep(0.001)
+
+    def __exit__(self, *exc):
+        self.running = False
+        self.thread.join()
+        self.peak = max(self.peak, rss())
+
+    @property
+    def added(self):
+        return self.peak - self.base
+
+
+def one_step(base, method):
+    """Time one unlearning step of `method` and measure the memory it adds (warm-up step included: that is
+    where gradients and AdamW state are first allocated). Returns (seconds, bytes, trainable parameters)."""
     import torch.nn.functional as F
     from alter import AlterConfig, LossWeights, adapter_params, attach, method_loss
     B, T, V = args.step_batch, args.step_tokens, base.config.vocab_size
@@ -69,53 +110,91 @@ def step_rows(base):
     with torch.no_grad():  # the entropy profile's top-k log-probs, as train.py reads them from its cache
         top = torch.topk(F.log_softmax(base(x)[0][y != -100].float(), -1), 32, -1)
     batch["top_logp"], batch["top_ids"] = top.values.half(), top.indices.int()
-    times, rows = {}, []
-    for method in ("lora", "alter", "asymlora", "gd"):
-        model = copy.deepcopy(base)
-        if method == "gd":
-            params = list(model.parameters())
-        else:
-            attach(model, AlterConfig(n_experts=4, router=method != "lora"))
-            params = [p for _, p in adapter_params(model)]
-            for p in model.parameters():
-                p.requires_grad_(False)
-            for p in params:
-                p.requires_grad_(True)
-        opt = torch.optim.AdamW(params, lr=1e-5)
-        if args.device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
+    model = base
+    if method == "gd":
+        params = list(model.parameters())
+    else:
+        attach(model, AlterConfig(n_experts=4, router=method != "lora"))
+        params = [p for _, p in adapter_params(model)]
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for p in params:
+            p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=1e-5)
+    if args.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
 
-        def step():
-            loss, _ = method_loss(method, 2, model, batch, LossWeights())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        times[method] = timed(step, args.repeats)
-        n = sum(p.numel() for p in params)
-        mem = f"{n * 16 / 2**20:.0f} MiB train state"  # fp32 weight + grad + 2 AdamW moments = 16 bytes each
-        if args.device == "cuda":
-            mem += f", peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
-        rows.append((f"unlearning step {method} ({B}x{T})", f"{times[method] * 1e3:.0f} ms", mem,
-                     f"{times[method] / times['lora']:.2f}x plain LoRA"))
-        del model, opt
+    def step():
+        loss, _ = method_loss(method, 2, model, batch, LossWeights())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    with PeakRSS() as mem:
+        seconds = timed(step, args.repeats)
+    added = torch.cuda.max_memory_allocated() - before if args.device == "cuda" else mem.added
+    return seconds, added, sum(p.numel() for p in params)
+
+
+def step_rows():
+    """One unlearning step per method, each in a fresh process (so one method's freed memory cannot hide
+    the next one's peak); ratios to plain LoRA."""
+    res, rows = {}, []
+    for method in ("lora", "alter", "asymlora", "gd"):
+        cmd = [sys.executable, __file__, "--step-only", method] + \
+            [a for a in sys.argv[1:] if a != "--step-only"]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            sys.exit(f"error: the {method} step failed:\n{r.stderr[-2000:]}")
+        res[method] = json.loads(r.stdout.strip().splitlines()[-1])
+    for method, (sec, added, n) in res.items():
+        rows.append((f"unlearning step {method} ({args.step_batch}x{args.step_tokens})", f"{sec * 1e3:.0f} ms",
+                     f"peak +{added / 2**20:.0f} MiB ({n / 1e6:.2f}M trained)",
+                     f"{sec / res['lora'][0]:.2f}x plain LoRA"))
     return rows
+
+
+def forward_row(ours, theirs, name):
+    idx = torch.randint(0, ours.config.vocab_size, (args.batch, args.tokens), device=args.device)
+    with torch.no_grad():
+        t_ours = timed(lambda: ours(idx), args.repeats)
+        t_hf = timed(lambda: theirs(idx), args.repeats)
+    return (f"forward {name} {args.batch}x{args.tokens} tokens", f"{t_ours * 1e3:.0f} ms", f"{t_hf * 1e3:.0f} ms",
+            f"{t_ours / t_hf:.2f} (time, lower is better)")
+
+
+def gpt2_row(dtype):
+    """The forward row for a GPT-2-shaped model: a checkpoint, or GPT-2 small's shape with random weights
+    written to a temporary directory (the same files feed both implementations)."""
+    import transformers
+    from model import GPTConfig
+    with tempfile.TemporaryDirectory() as d:
+        path = args.gpt2
+        if path == "random":
+            torch.manual_seed(0)
+            GPT(GPTConfig(arch="gpt2", vocab_size=50257, block_size=1024, n_layer=12, n_head=12,
+                          n_embd=768)).save_pretrained(d)
+            path = d
+        ours = GPT.from_pretrained(path, dtype=dtype, verbose=False).to(args.device).eval()
+        theirs = transformers.AutoModelForCausalLM.from_pretrained(ours.source, dtype=dtype).to(args.device).eval()
+        name = "GPT-2 124M" + (" (random weights)" if args.gpt2 == "random" else f" ({args.gpt2})")
+        return forward_row(ours, theirs, name)
 
 
 def main():
     import transformers
     dtype = getattr(torch, args.dtype)
     torch.manual_seed(0)
-    ours = GPT.from_pretrained(args.model, dtype=dtype).to(args.device).eval()
+    ours = GPT.from_pretrained(args.model, dtype=dtype, verbose=not args.step_only).to(args.device).eval()
+    if args.step_only:  # a child process of step_rows: one method, one JSON line
+        return print(json.dumps(one_step(ours, args.step_only)))
     theirs = transformers.AutoModelForCausalLM.from_pretrained(ours.source, dtype=dtype).to(args.device).eval()
     V = ours.config.vocab_size
     rows = []
 
-    idx = torch.randint(0, V, (args.batch, args.tokens), device=args.device)
-    with torch.no_grad():
-        t_ours = timed(lambda: ours(idx), args.repeats)
-        t_hf = timed(lambda: theirs(idx), args.repeats)
-    rows.append((f"forward {args.batch}x{args.tokens} tokens", f"{t_ours * 1e3:.0f} ms", f"{t_hf * 1e3:.0f} ms",
-                 f"{t_ours / t_hf:.2f} (time, lower is better)"))
+    rows.append(forward_row(ours, theirs, os.path.basename(args.model.rstrip("/"))))
+    if args.gpt2 != "skip":
+        rows.append(gpt2_row(dtype))
 
     prompt = torch.randint(0, V, (args.gen_batch, 32), device=args.device)
     n = args.gen_batch * args.gen_tokens
@@ -126,7 +205,8 @@ def main():
     rows.append((f"greedy generation {args.gen_batch}x{args.gen_tokens} new tokens", f"{n / t_ours:.0f} tok/s",
                  f"{n / t_hf:.0f} tok/s", f"{t_hf / t_ours:.2f} (speed, higher is better)"))
 
-    rows += step_rows(ours)
+    del theirs
+    rows += step_rows()
     if args.mmlu and os.path.isdir(args.data_dir):
         from data.benchmarks import load_split
         from evaluate import eval_mc
@@ -137,10 +217,10 @@ def main():
         rows.append((f"MMLU zero-shot, {len(qs)} questions, batch 16", f"{len(qs) / t:.1f} q/s", "", ""))
     dev = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"\n{args.model} | {args.dtype} | {dev} | torch {torch.__version__}, transformers {transformers.__version__}")
-    print(f"| {'what':<44} | {'ours':>12} | {'transformers / memory':>34} | ratio")
-    print(f"|{'-' * 46}|{'-' * 14}|{'-' * 36}|{'-' * 30}")
+    print(f"| {'what':<52} | {'ours':>12} | {'transformers / memory':>34} | ratio")
+    print(f"|{'-' * 54}|{'-' * 14}|{'-' * 36}|{'-' * 30}")
     for what, a, b, r in rows:
-        print(f"| {what:<44} | {a:>12} | {b:>34} | {r}")
+        print(f"| {what:<52} | {a:>12} | {b:>34} | {r}")
 
 
 if __name__ == "__main__":

@@ -51,7 +51,9 @@ def token_logps(lm, examples, pad_id, batch_size=16, device="cpu", desc="score")
     for idx in tqdm(_by_length(len(examples), [len(e[0]) for e in examples], batch_size), desc=desc, leave=False, disable=None):
         b = collate([examples[i] for i in idx], pad_id, device)
         logits, _ = lm(b["x"], attention_mask=b["mask"])
-        logp = -F.cross_entropy(logits.float().transpose(1, 2), b["y"].clamp(min=0), reduction="none")  # (B, T)
+        # flattened to (B*T, V): cross_entropy over a transposed (B, V, T) view is ~7x slower on CPU
+        logp = -F.cross_entropy(logits.float().flatten(0, 1), b["y"].clamp(min=0).flatten(), reduction="none")
+        logp = logp.view(b["y"].shape)  # (B, T)
         for j, i in enumerate(idx):
             out[i] = logp[j][b["y"][j] != -100].cpu()
     return out
@@ -66,6 +68,8 @@ def avg_nll(logps):
 def generate(lm, tok, prompts, max_new_tokens, batch_size=16, device="cpu", desc="generate"):
     """Greedy continuations of token-id prompts, cut at the first end token, decoded and stripped."""
     stops = sorted(set(lm.config.eos_token_id) | {tok.eos_id})
+    room = lm.config.block_size - max_new_tokens  # a prompt too long for the context keeps its end
+    prompts = [p[-room:] for p in prompts]
     out = [None] * len(prompts)
     for idx in tqdm(_by_length(len(prompts), [len(p) for p in prompts], batch_size), desc=desc, leave=False, disable=None):
         x, am = collate_prompts([prompts[i] for i in idx], tok.pad_id, device)
@@ -187,6 +191,7 @@ def eval_mc(lm, tok, rows, dev_rows=(), shots=0, batch_size=16, device="cpu", de
     for r in dev_rows:
         by_subject.setdefault(r["subject"], []).append(r)
     prompts = [tok.encode(mc_prompt(r, by_subject.get(r["subject"], [])[:shots]), bos=tok.add_bos) for r in rows]
+    prompts = [p[-lm.config.block_size:] for p in prompts]  # longer than the context: keep the end (lm-eval)
     logits = last_logits(lm, prompts, tok.pad_id, batch_size, device, desc)
     pred = F.log_softmax(logits, -1)[:, letters].argmax(-1).tolist()
     correct = [int(p == r["answer"]) for p, r in zip(pred, rows)]
@@ -208,7 +213,7 @@ def tofu_like(lm, tok, bench, split, data_dir, limit, reference, batch_size, dev
     quality against a reference's per-item truth ratios, privleak vs holdout, and model utility."""
     pct = split.removeprefix("forget")
     L = lambda name: load_split(f"{bench}_{name}", data_dir, seed)[:limit]
-    summary, items = {}, []
+    summary, items, correct = {}, [], []
 
     def qa_set(tag, rows, true_key, wrong_key, tr_kind):
         n_wrong = len(rows[0][wrong_key])
@@ -218,6 +223,8 @@ def tofu_like(lm, tok, bench, split, data_dir, limit, reference, batch_size, dev
         nll_wrong = avg_nll(token_logps(lm, encode_qa(tok, rows, wrong_key), tok.pad_id, batch_size, device,
                                         f"{tag} perturbed")).reshape(len(rows), n_wrong)
         tr = truth_ratio(nll_true, nll_wrong)
+        if tag in ("ra", "wf"):  # multiple choice by likelihood: the true answer beats every wrong option
+            correct.extend((nll_ans[:, None] < nll_wrong).all(1).tolist())
         gens = generate(lm, tok, [tok.prompt_ids(r["question"]) for r in rows], max_new_tokens, batch_size, device,
                         f"{tag} generate")
         rouge = rouge_l([r["answer"] for r in rows], gens, "recall")
@@ -243,6 +250,7 @@ def tofu_like(lm, tok, bench, split, data_dir, limit, reference, batch_size, dev
     qa_set("retain", L("retain_perturbed"), "paraphrased_answer", "perturbed_answer", "true_better")
     qa_set("ra", L("real_authors_perturbed"), "answer", "perturbed_answer", "true_better")
     qa_set("wf", L("world_facts_perturbed"), "answer", "perturbed_answer", "true_better")
+    summary["general_acc"] = float(np.mean(correct))  # real authors and world facts together
     summary["model_utility"] = model_utility(
         [summary[k] for t in ("retain", "ra", "wf")
          for k in ((f"{t}_Q_A_Prob" if t == "retain" else f"{t}_Q_A_Prob_normalised"), f"{t}_Q_A_ROUGE",

@@ -3,16 +3,21 @@ One command from a base model to an evaluated unlearned model.
 
     python train.py --forget toy_forget10 --model tiny                 # offline toy benchmark, CPU, minutes
     python train.py --forget tofu_forget10 --model gpt2 --method npo   # real TOFU (hub, or --data-dir)
+    python train.py --forget toy_text --model tiny --method rmu        # text unlearning, offline (WMDP/MUSE-like)
+    python train.py --forget wmdp_cyber --model HuggingFaceTB/SmolLM2-135M-Instruct   # WMDP: corpora, MC, MMLU
     torchrun --nproc_per_node=2 train.py --forget toy_forget10 --model tiny   # data parallel (gloo on CPU)
 
 The run, in order:
-  1. target model: --target, else --model fine-tuned on the benchmark's full training data (cached in out/cache)
-  2. retain reference: --retain-model / --retain-logs, else --model fine-tuned on the retain data (cached)
+  1. target model: --target, else --model fine-tuned on the benchmark's full training data (cached in out/cache);
+     WMDP: the base model itself
+  2. retain reference: --retain-model / --retain-logs, else --model fine-tuned on the retain data (cached);
+     WMDP: none, and MUSE: none when --target is given (MUSE's retrained model goes in --retain-model)
   3. unlearning: ALTER (entropy profile, sub-domain clustering, Phase I, Phase II) or a baseline;
      the adapter (or model) and a resumable checkpoint are saved after every epoch
   4. evaluation: target, retain and unlearned side by side; metrics.json in the run folder
 """
 import argparse
+import copy
 import hashlib
 import json
 import os
@@ -29,14 +34,20 @@ from tqdm import tqdm
 # knobs
 parser = argparse.ArgumentParser(description="ALTER unlearning (and baselines), end to end")
 # --- what to forget, and from which model
-parser.add_argument("--forget", default="toy_forget10", help="forget split: toy_forget01|05|10, tofu_forget01|05|10")
+parser.add_argument("--forget", default="toy_forget10", help="what to forget: toy_forget01|05|10, tofu_forget01|05|10 "
+                    "(question-answer pairs), toy_text, wmdp_bio|cyber, muse_news|books (text)")
 parser.add_argument("--model", default="tiny", help="'tiny' (from scratch, toy only), a HF hub id or a checkpoint dir")
 parser.add_argument("--target", default=None, help="target model (hub id or dir); default: fine-tune --model on the full data")
 parser.add_argument("--retain-model", default=None, help="retain reference model; default: fine-tune --model on the retain data")
 parser.add_argument("--retain-logs", default=None, help="retain reference as eval logs (TOFU_EVAL.json or our metrics.json)")
-parser.add_argument("--method", default="alter", help="alter | asymlora | lora | npo | gd | ga")
+parser.add_argument("--method", default="alter", help="alter | asymlora | lora | npo | gd | ga | rmu")
 parser.add_argument("--data-dir", default=None, help="local mirror with the layout of ../shared/data (default: HF hub)")
 parser.add_argument("--limit", type=int, default=None, help="use only the first N records of every split (quick runs)")
+parser.add_argument("--authors", type=int, default=None,
+                    help="TOFU on a budget: target and retain models see only N authors, the forget authors and the "
+                         "first retain authors (20 QA each; README, 'real-model experiment')")
+parser.add_argument("--eval-limit", type=int, default=None, help="evaluate only the first N items of every set "
+                                                                 "(default: --limit)")
 parser.add_argument("--out", default=None, help="run folder (default: out/<forget>_<method>)")
 parser.add_argument("--cache", default="out/cache", help="folder for cached target/retain models and entropy profiles")
 parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last saved epoch")
@@ -58,6 +69,13 @@ parser.add_argument("--gamma", type=float, default=1.0, help="weight of the reta
 parser.add_argument("--lam", type=float, default=0.01, help="weight of the structural-invariance KL term")
 parser.add_argument("--mu", type=float, default=1.0, help="weight of the routing cross-entropy")
 parser.add_argument("--no-phase1", action="store_true", help="skip Phase I (ablation)")
+# --- RMU (anchors: the WMDP paper's defaults for Zephyr-7B, layer 7 of 32, scaled to the model)
+parser.add_argument("--rmu-layer", type=int, default=None, help="RMU's steered layer (default: 7/32 of the depth); "
+                    "the down-projections of it and the two layers below train")
+parser.add_argument("--rmu-steer", type=float, default=4.0, help="norm of RMU's control vector, in units of the "
+                    "layer's mean activation norm on the forget text")
+parser.add_argument("--rmu-alpha", type=float, default=None, help="weight of RMU's retain term (paper: 100; toy: 10)")
+parser.add_argument("--rmu-lr", type=float, default=None, help="RMU's learning rate (the paper's 5e-5 at 7B)")
 # --- optimisation (None: the benchmark's default, see DEFAULTS below)
 parser.add_argument("--lr-a", type=float, default=None, help="Phase II learning rate of the shared A")
 parser.add_argument("--lr-b", type=float, default=None, help="learning rate of the B experts and routers (and of A in Phase I)")
@@ -68,32 +86,51 @@ parser.add_argument("--batch-size", type=int, default=4, help="forget examples p
 parser.add_argument("--ft-epochs", type=int, default=None, help="epochs of target/retain fine-tuning")
 parser.add_argument("--ft-lr", type=float, default=None, help="learning rate of target/retain fine-tuning")
 parser.add_argument("--ft-batch-size", type=int, default=16, help="batch size of target/retain fine-tuning")
+parser.add_argument("--block-size", type=int, default=None, help="text forgetting: tokens per training window")
 # --- system
 parser.add_argument("--seed", type=int, default=0, help="seed of everything (data order, init, toy data)")
 parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu) | cpu | cuda | mps")
 parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="autocast dtype (auto: bf16 on CUDA)")
 parser.add_argument("--eval", default="", help="extra benches to evaluate, comma-separated (see evaluate.py)")
 parser.add_argument("--eval-batch-size", type=int, default=32, help="sequences per evaluation forward")
+parser.add_argument("--per-subject", type=int, default=None, help="WMDP/MMLU: evaluate the first N questions of "
+                                                                  "every subject")
 parser.add_argument("--system-prompt", default=None, help="override the chat template's system prompt")
 parser.add_argument("--log-every", type=int, default=10, help="log one line every N steps")
 
 # per-benchmark defaults: the paper's lr_B 1e-3 x 3 epochs was for hundreds of forget examples (TOFU forget10:
 # 300 steps at batch 4); the toy forget set has 24, so it takes 20 epochs for a similar 120 steps (README)
+# (toy_text: its 4 biographies make 3 windows, one step per epoch; the models are those of the toy benchmark.
+# RMU on the toy: at the paper's alpha 100 forget-MC accuracy did not move; README, "Text unlearning")
 DEFAULTS = {
-    "toy": dict(lr_a=1e-5, lr_b=1e-3, lr=1e-4, epochs=20, ft_epochs=16, ft_lr=3e-3),
-    "tofu": dict(lr_a=1e-5, lr_b=1e-3, lr=1e-5, epochs=3, ft_epochs=5, ft_lr=1e-5),
+    "toy": dict(rmu_lr=3e-2, rmu_alpha=10.0, lr_a=1e-5, lr_b=1e-3, lr=1e-4, epochs=20, ft_epochs=16, ft_lr=3e-3),
+    "tofu": dict(rmu_lr=5e-5, rmu_alpha=100.0, lr_a=1e-5, lr_b=1e-3, lr=1e-5, epochs=3, ft_epochs=5, ft_lr=1e-5),
+    "toy_text": dict(rmu_lr=3e-2, rmu_alpha=10.0, lr_a=1e-5, lr_b=1e-3, lr=1e-4, epochs=100, ft_epochs=16, ft_lr=3e-3, block_size=64),
+    "wmdp": dict(rmu_lr=5e-5, rmu_alpha=100.0, lr_a=1e-5, lr_b=1e-3, lr=5e-5, epochs=1, ft_epochs=0, ft_lr=0.0, block_size=256),
+    "muse": dict(rmu_lr=5e-5, rmu_alpha=100.0, lr_a=1e-5, lr_b=1e-3, lr=1e-5, epochs=10, ft_epochs=5, ft_lr=1e-5, block_size=256),
 }
-METHODS = ("alter", "asymlora", "lora", "npo", "gd", "ga")
-FORGETS = ("toy_forget01", "toy_forget05", "toy_forget10", "tofu_forget01", "tofu_forget05", "tofu_forget10")
+METHODS = ("alter", "asymlora", "lora", "npo", "gd", "ga", "rmu")
+# text forgetting: forget corpus, retain corpus, what is evaluated. WMDP's retain corpora are its own
+# in-domain ones (cais/wmdp-corpora), not RMU's wikitext: closer to what must be kept, and one source fewer
+TEXT_FORGETS = {
+    "toy_text": ("toy_text", "toy_bio_retain90", ["toy_forget10", "toy_mc", "toy_muse"]),
+    "wmdp_bio": ("wmdp_bio_forget", "wmdp_bio_retain", ["wmdp_bio", "mmlu"]),
+    "wmdp_cyber": ("wmdp_cyber_forget", "wmdp_cyber_retain", ["wmdp_cyber", "mmlu"]),
+    "muse_news": ("muse_news_raw_forget", "muse_news_raw_retain1", ["muse_news"]),
+    "muse_books": ("muse_books_raw_forget", "muse_books_raw_retain1", ["muse_books"]),
+}
+FORGETS = ("toy_forget01", "toy_forget05", "toy_forget10", "tofu_forget01", "tofu_forget05", "tofu_forget10") + \
+    tuple(TEXT_FORGETS)
 RETAIN_OF = {"01": "99", "05": "95", "10": "90"}
+FORGET_AUTHORS = {"01": 2, "05": 10, "10": 20}  # TOFU: 20 questions per author
 # -----------------------------------------------------------------------------
 
-from alter import (AlterConfig, GatedLM, LossWeights, adapter_params, attach, cluster, method_loss,  # noqa: E402
-                   save_adapter, seq_logp, trainable_summary)
+from alter import (AlterConfig, GatedLM, LossWeights, adapter_params, attach, cluster, layer_output,  # noqa: E402
+                   method_loss, save_adapter, seq_logp, trainable_summary)
 from data.batching import batch_indices, collate, encode_qa, encode_text  # noqa: E402
-from data.benchmarks import load_split  # noqa: E402
+from data.benchmarks import load_split, split_names  # noqa: E402
 from entropy import pad_profile, profile, threshold  # noqa: E402
-from evaluate import evaluate, forget_quality, load_retain_logs, print_table, write_json  # noqa: E402
+from evaluate import evaluate, forget_quality, load_retain_logs, print_table, privleak, write_json  # noqa: E402
 from model import GPT, TINY, GPTConfig, resolve_checkpoint  # noqa: E402
 from tokenizer import Tokenizer  # noqa: E402
 
@@ -113,15 +150,30 @@ def log0(*a):
 
 def training_examples(bench, which, tok, args):
     """(ids, n_prompt) examples of a fine-tuning corpus. which: "full" or "retainYY". The toy corpus adds the
-    general-knowledge QA and the biographies (of the people in the corpus) to the person QA."""
+    general-knowledge QA and the biographies (of the people in the corpus) to the person QA. MUSE (bench
+    muse_news|books): the target reads the forget and retain text, the retain model the retain text."""
+    if bench.startswith("muse"):
+        forget, retain, _ = TEXT_FORGETS[bench]
+        texts = [r["text"] for n in ([forget, retain] if which == "full" else [retain])
+                 for r in load_split(n, args.data_dir)[:args.limit]]
+        return encode_text(tok, texts, args.block_size)
     L = lambda name: load_split(f"{bench}_{name}", args.data_dir, args.seed)[:args.limit]
     rows = L(which)
+    if args.authors:  # the retain authors' share of the N authors, plus (for the target) the forget authors
+        pct = args.forget[-2:]
+        rows = retain_subset(L(f"retain{RETAIN_OF[pct]}"), args) + (L(f"forget{pct}") if which == "full" else [])
     ex = encode_qa(tok, rows, system_prompt=args.system_prompt)
     if bench == "toy":
         ex += encode_qa(tok, L("real_authors") + L("world_facts"), system_prompt=args.system_prompt)
         people = {r["person"] for r in rows}
         ex += encode_text(tok, [b["text"] for b in L("bio") if b["person"] in people], block_size=64)
     return ex
+
+
+def retain_subset(rows, args):
+    """--authors N: the first N - k retain authors of TOFU (k forget authors; TOFU keeps an author's 20
+    questions together, and its retain_perturbed eval set is the first 400 retain questions)."""
+    return rows[:20 * (args.authors - FORGET_AUTHORS[args.forget[-2:]])] if args.authors else rows
 
 
 def finetune(model, examples, epochs, lr, batch_size, seed, device, ctx, desc):
@@ -155,7 +207,7 @@ def finetune(model, examples, epochs, lr, batch_size, seed, device, ctx, desc):
 def cached_finetune(name, bench, which, tok, args, device, ctx):
     """Fine-tune --model on a corpus once; later runs load it from the cache."""
     tag = f"{bench}-{which}-{os.path.basename(args.model.rstrip('/'))}-s{args.seed}-e{args.ft_epochs}-lr{args.ft_lr}" + \
-        (f"-n{args.limit}" if args.limit else "")
+        (f"-n{args.limit}" if args.limit else "") + (f"-a{args.authors}" if args.authors else "")
     path = os.path.join(args.cache, tag)
     if RANK == 0 and not os.path.exists(os.path.join(path, "config.json")):
         torch.manual_seed(args.seed)
@@ -205,17 +257,28 @@ def main(args):
     if args.method not in METHODS:
         fail(f"unknown method {args.method!r}; valid: {', '.join(METHODS)}")
     if args.forget not in FORGETS:
-        try:
-            load_split(args.forget, args.data_dir)
-        except ValueError as e:
-            fail(str(e))
-        fail(f"{args.forget!r} is a split but not a forget split this script unlearns; valid: {', '.join(FORGETS)}")
-    if args.limit is not None and args.limit < 1:
-        fail(f"--limit must be at least 1, got {args.limit}")
-    bench, pct = args.forget.split("_")[0], args.forget[-2:]
+        what = "a split but not a forget set" if args.forget in split_names() else "not a forget set"
+        fail(f"{args.forget!r} is {what}; valid: {', '.join(FORGETS)}")
+    for k in ("limit", "eval_limit", "authors"):
+        if getattr(args, k) is not None and getattr(args, k) < 1:
+            fail(f"--{k.replace('_', '-')} must be at least 1, got {getattr(args, k)}")
+    text = args.forget in TEXT_FORGETS  # text forgetting (every token a training position) or question-answer pairs
+    bench = args.forget.split("_")[0]  # toy | tofu | wmdp | muse
+    pct = args.forget[-2:] if not text else "10"  # toy_text forgets the toy_forget10 people
+    kind = "toy_text" if args.forget == "toy_text" else bench  # which DEFAULTS
+    if text and bench != "toy":
+        check_corpora(args)
+    if args.authors:
+        n_forget = FORGET_AUTHORS[pct]
+        if bench != "tofu" or args.target or args.retain_model or args.retain_logs or args.authors <= n_forget:
+            fail(f"--authors is for TOFU with fine-tuned target and retain models, and must exceed the "
+                 f"{n_forget} forget authors of {args.forget}")
+    args.eval_limit = args.eval_limit or args.limit
     if args.model == "tiny" and bench != "toy":
         fail("--model tiny is the from-scratch model of the toy benchmark; give a checkpoint for " + bench)
-    for k, v in DEFAULTS[bench].items():
+    if args.retain_logs and (text or args.retain_model):
+        fail("--retain-logs holds TOFU truth ratios: for tofu_forgetXX, and not with --retain-model")
+    for k, v in DEFAULTS[kind].items():
         if getattr(args, k) is None:
             setattr(args, k, v)
     out = args.out or os.path.join("out", f"{args.forget}_{args.method}")
@@ -253,43 +316,57 @@ def main(args):
         tok = Tokenizer.from_pretrained(resolve_checkpoint(args.target or args.model))
     tok.system = args.system_prompt  # training and evaluation prompts alike
     log0("prompt format:", tok.describe())
-    target = GPT.from_pretrained(args.target).to(device).eval() if args.target else \
-        cached_finetune("target", bench, "full", tok, args, device, ctx)
+    corpus = args.forget if bench == "muse" else bench  # what target and retain models are fine-tuned on
+    which = "retain" if bench == "muse" else f"retain{RETAIN_OF[pct]}"
+    if args.target:
+        target = GPT.from_pretrained(args.target).to(device).eval()
+    elif bench == "wmdp":  # WMDP unlearns what a pretrained model knows: the target is the model itself
+        target = GPT.from_pretrained(args.model).to(device).eval()
+    else:
+        target = cached_finetune("target", corpus, "full", tok, args, device, ctx)
     retain = None
     if args.retain_model:
         retain = GPT.from_pretrained(args.retain_model).to(device).eval()
-    elif not args.retain_logs:
-        retain = cached_finetune("retain", bench, f"retain{RETAIN_OF[pct]}", tok, args, device, ctx)
+    elif not args.retain_logs and bench != "wmdp" and not (bench == "muse" and args.target):
+        retain = cached_finetune("retain", corpus, which, tok, args, device, ctx)
     t_models = time.time() - t_start
     L = lambda name: load_split(f"{bench}_{name}", args.data_dir, args.seed)[:args.limit]
 
     # --- evaluation of the target and the retain reference (cached), before the target is changed
-    benches = [args.forget] + (["toy_mc", "toy_muse"] if bench == "toy" else []) + [b for b in args.eval.split(",") if b]
-    ev = lambda lm, ref=None: evaluate(lm, tok, benches, args.data_dir, args.limit, ref, 0, args.eval_batch_size,
-                                       device, pct, seed=args.seed)
+    benches = (TEXT_FORGETS[args.forget][2] if text else [args.forget] + (["toy_mc", "toy_muse"] if bench == "toy" else [])) \
+        + [b for b in args.eval.split(",") if b]
+    ev = lambda lm, ref=None: evaluate(lm, tok, benches, args.data_dir, args.eval_limit, ref, 0, args.eval_batch_size,
+                                       device, pct, args.per_subject, seed=args.seed)
     rows, reference = {}, None
     if RANK == 0:
         with ctx:
             if retain is not None:
                 rows["retain"] = cached_eval(retain, ev, benches, args)
-                reference = np.array(rows["retain"]["forget_truth_ratio_by_item"])
-            else:
+                reference = rows["retain"].get("forget_truth_ratio_by_item")
+            elif args.retain_logs:
                 reference = load_retain_logs(args.retain_logs, len(L(f"forget{pct}_perturbed")))
+            reference = np.array(reference) if reference is not None else None
             rows["target"] = cached_eval(target, ev, benches, args, reference)
     barrier()
 
     # --- 3: unlearning data
-    forget_ex = encode_qa(tok, L(f"forget{pct}"), system_prompt=args.system_prompt)
-    retain_ex = encode_qa(tok, L(f"retain{RETAIN_OF[pct]}"), system_prompt=args.system_prompt)
+    if text:  # windows of block_size tokens, every token labelled (a "prompt" of 0 tokens)
+        f_name, r_name, _ = TEXT_FORGETS[args.forget]
+        T = lambda name: [r["text"] for r in load_split(name, args.data_dir, args.seed)[:args.limit]]
+        forget_ex, retain_ex = encode_text(tok, T(f_name), args.block_size), encode_text(tok, T(r_name), args.block_size)
+    else:
+        forget_ex = encode_qa(tok, L(f"forget{pct}"), system_prompt=args.system_prompt)
+        retain_ex = encode_qa(tok, retain_subset(L(f"retain{RETAIN_OF[pct]}"), args), system_prompt=args.system_prompt)
     if not forget_ex or not retain_ex:
         fail(f"empty forget ({len(forget_ex)}) or retain ({len(retain_ex)}) set")
-    log0(f"unlearning data: {len(forget_ex)} forget / {len(retain_ex)} retain examples")
+    unit = f"windows of <= {args.block_size} tokens" if text else "examples"
+    log0(f"unlearning data: {len(forget_ex)} forget / {len(retain_ex)} retain {unit}")
     os.makedirs(out, exist_ok=True)
     if RANK == 0:
         write_json(cfg_path, config)
 
     model = target  # the model being unlearned (adapters attached in place, or full weights updated)
-    w = LossWeights(beta=args.beta, gamma=args.gamma, lam=args.lam, mu=args.mu)
+    w = LossWeights(beta=args.beta, gamma=args.gamma, lam=args.lam, mu=args.mu, alpha=args.rmu_alpha)
     extras = {}  # per-method precomputations: the entropy profile (alter), reference log-probs (npo)
     f_expert = [1] * len(forget_ex)
     theta = args.theta
@@ -308,8 +385,13 @@ def main(args):
         with torch.no_grad():
             extras["ref"] = torch.cat([seq_logp(model(b["x"], attention_mask=b["mask"])[0], b["y"]).cpu() for b in
                                        (collate(forget_ex[i:i + 16], tok.pad_id, device) for i in range(0, len(forget_ex), 16))])
+    if args.method == "rmu":
+        extras["rmu"] = rmu_setup(model, forget_ex, tok, args, device)
     torch.manual_seed(args.seed)  # adapter init must not depend on whether the models came from the cache
-    if args.method in ("alter", "asymlora", "lora"):
+    if args.method == "rmu":
+        log0(f"RMU: layer {extras['rmu']['layer']}, |u| = {extras['rmu']['u'].norm():.2f}, trains "
+             f"{', '.join(extras['rmu']['names'])}")
+    elif args.method in ("alter", "asymlora", "lora"):
         acfg = AlterConfig(rank=args.rank, alpha=args.alpha, n_experts=max(f_expert), router=args.method != "lora",
                            tau_high=args.tau_high, tau_low=args.tau_low)
         attach(model, acfg)
@@ -344,11 +426,17 @@ def main(args):
             b["gate"] = args.train_gate
         if args.method == "npo":
             b["ref_logp"] = torch.cat([extras["ref"][fidx], torch.zeros(len(ridx))]).to(device)
+        if args.method == "rmu":
+            r = extras["rmu"]
+            with torch.no_grad():
+                b["h_ref"] = layer_output(r["frozen"], r["layer"], b["x"], b["mask"])
+            b.update(rmu_layer=r["layer"], rmu_u=r["u"])
         return b
 
     def optimizer(phase):
         if args.method not in ("alter", "asymlora", "lora"):
-            return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.0)
+            return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
+                                     lr=args.rmu_lr if args.method == "rmu" else args.lr, weight_decay=0.0)
         a = [p for n, p in adapter_params(model) if "lora_A" in n]
         rest = [p for n, p in adapter_params(model) if "lora_A" not in n]
         # ALTER's Phase II moves A slowly (paper: 1e-5); in Phase I A learns the structure at the experts' rate,
@@ -413,6 +501,9 @@ def main(args):
         gate = "router" if args.method == "asymlora" else args.gate  # AsymLoRA: dense router, no entropy
         lm = GatedLM(model, args.q, theta, gate) if args.method in ("alter", "asymlora") else model
         rows[args.method], items = ev(lm, reference)
+    if "retain" in rows and "muse_privleak_auc" in rows["retain"]:  # MUSE's PrivLeak: relative to the retain model
+        for r in rows.values():
+            r["muse_privleak"] = privleak(r["muse_privleak_auc"], rows["retain"]["muse_privleak_auc"])
     rows[args.method].update(train_seconds=round(t_train, 1), trainable_params=n_trainable,
                              model_seconds=round(t_models, 1), total_seconds=round(time.time() - t_start, 1))
     write_json(os.path.join(out, "metrics.json"), {"unlearned": rows[args.method], "target": rows["target"],
@@ -420,20 +511,28 @@ def main(args):
     with open(os.path.join(out, "items.jsonl"), "w") as f:
         f.writelines(json.dumps(it) + "\n" for it in items)
     order = ["target"] + (["retain"] if "retain" in rows else []) + [args.method]
-    keys = ["forget_quality", "model_utility", "forget_truth_ratio", "forget_Q_A_Prob", "forget_Q_A_ROUGE",
-            "retain_Q_A_ROUGE", "privleak"] + (["mc_forget_acc", "mc_retain_acc", "forget_verbmem_ROUGE"]
-                                               if bench == "toy" else []) + ["train_seconds", "trainable_params"]
+    keys = {"tofu": QA_KEYS, "toy": QA_KEYS + ["mc_forget_acc", "mc_retain_acc", "forget_verbmem_ROUGE"],
+            "toy_text": ["mc_forget_acc", "mc_retain_acc", "general_acc", "model_utility", "forget_verbmem_ROUGE",
+                         "muse_privleak", "forget_Q_A_ROUGE", "forget_quality"],
+            "wmdp": [f"{args.forget}_acc", "mmlu_acc"],
+            "muse": ["forget_verbmem_ROUGE", "forget_knowmem_ROUGE", "retain_knowmem_ROUGE", "muse_privleak"]}[kind]
+    keys = keys + ["train_seconds", "trainable_params"]
     print()
     print_table({k: rows[k] for k in order}, keys)
     print(f"\n{out}/metrics.json written; total {time.time() - t_start:.0f} s "
           f"(models {t_models:.0f} s, unlearning {t_train:.0f} s)")
 
 
+QA_KEYS = ["forget_quality", "model_utility", "forget_truth_ratio", "forget_Q_A_Prob", "forget_Q_A_ROUGE",
+           "retain_Q_A_ROUGE", "privleak"]
+
+
 def cached_eval(model, ev, benches, args, reference=None):
     """Evaluate a target or retain model once per (checkpoint, benches, limit); later runs read the result.
     Forget quality is recomputed against the given reference."""
-    key = hashlib.sha256(json.dumps([model.source if hasattr(model, "source") else "", benches, args.limit,
-                                     args.data_dir, args.seed]).encode()).hexdigest()[:12]
+    key = hashlib.sha256(json.dumps([model.source if hasattr(model, "source") else "", benches, args.eval_limit,
+                                     args.data_dir, args.seed] + ([args.per_subject] if args.per_subject else []))
+                         .encode()).hexdigest()[:12]
     path = os.path.join(args.cache, f"eval-{key}.json")
     if os.path.exists(path):
         res = json.load(open(path))
@@ -441,9 +540,50 @@ def cached_eval(model, ev, benches, args, reference=None):
         res, _ = ev(model)
         os.makedirs(args.cache, exist_ok=True)
         write_json(path, res)
-    tr = np.array(res["forget_truth_ratio_by_item"])
-    res["forget_quality"] = forget_quality(tr, reference) if reference is not None else 1.0  # the reference itself
+    if "forget_truth_ratio_by_item" in res:  # TOFU-like benches; the reference itself has forget quality 1
+        tr = np.array(res["forget_truth_ratio_by_item"])
+        res["forget_quality"] = forget_quality(tr, reference) if reference is not None else 1.0
     return res
+
+
+def check_corpora(args):
+    """Text forgetting needs both corpora; say at once which are missing and where they come from."""
+    missing = []
+    for name in TEXT_FORGETS[args.forget][:2]:
+        try:
+            load_split(name, args.data_dir)
+        except FileNotFoundError as e:
+            missing.append(f"  - {e}")
+    if missing:
+        benches = ",".join(TEXT_FORGETS[args.forget][2])
+        fail(f"{args.forget} needs its forget and retain corpora; missing:\n" + "\n".join(missing) +
+             f"\nThe evaluation alone runs without them: python evaluate.py --model MODEL --bench {benches}" +
+             (f" --data-dir {args.data_dir}" if args.data_dir else ""))
+
+
+def rmu_setup(model, forget_ex, tok, args, device):
+    """RMU's pieces: the steered layer, a frozen copy of the model, the trainable down-projections (the
+    steered layer and the two below, as the original's layers 5-7), and the control vector u: uniform in
+    [0, 1)^d, drawn once from the seed, scaled to rmu_steer x the frozen layer's mean activation norm on (the
+    first 64 windows of) the forget text. A fixed norm (the paper's 6.5) does not carry over between models."""
+    n = model.config.n_layer
+    layer = args.rmu_layer if args.rmu_layer is not None else round(n * 7 / 32)
+    if not 0 <= layer < n:
+        fail(f"--rmu-layer must be in 0..{n - 1}, got {layer}")
+    frozen = copy.deepcopy(model).eval()
+    for p in list(model.parameters()) + list(frozen.parameters()):
+        p.requires_grad_(False)
+    down = "c_proj" if model.config.arch == "gpt2" else "down_proj"
+    names = [f"transformer.h.{i}.mlp.{down}.weight" for i in range(max(0, layer - 2), layer + 1)]
+    params = dict(model.named_parameters())
+    for name in names:
+        params[name].requires_grad_(True)
+    with torch.no_grad():
+        norms = [layer_output(frozen, layer, b["x"], b["mask"])[b["y"] != -100].float().norm(dim=-1)
+                 for b in (collate(forget_ex[i:i + 16], tok.pad_id, device) for i in range(0, min(64, len(forget_ex)), 16))]
+    u = torch.rand(model.config.n_embd, generator=torch.Generator().manual_seed(args.seed))
+    u = u / u.norm() * args.rmu_steer * torch.cat(norms).mean().item()
+    return dict(layer=layer, frozen=frozen, names=names, u=u.to(device))
 
 
 def save_product(model, args, out, theta):

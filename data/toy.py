@@ -12,8 +12,10 @@ of `full`) and N_HOLDOUT people that no model is trained on. Each person has one
     toy_real_authors(_perturbed), toy_world_facts(_perturbed)   general knowledge, 3 wrong options
     toy_mc_retain, toy_mc_forget{01,05,10}             4-option MC about retain people / the forget people
     toy_bio, toy_bio_forget{01,05,10}, toy_bio_holdout  a short biography per person ({"text"})
+    toy_bio_retain{99,95,90}                           the biographies of everyone else
     toy_verbmem_forget{01,05,10}                       biography prefix -> rest ({"prompt", "gt"})
     toy_text                                           = toy_bio_forget10, the forget corpus of text unlearning
+                                                       (its retain corpus: toy_bio_retain90)
 
 The general-knowledge sets and toy_bio belong to the training data of both the target and the retain model
 (the biographies of the forget people only to the target's): they stand in for what a pretrained model
@@ -172,6 +174,7 @@ def build(seed=0):
         names = {p["name"] for p in trained[N_PEOPLE - k:]}
         out[f"toy_mc_forget{pct}"] = [r for r in forget_mc if r["person"] in names]
         out[f"toy_bio_forget{pct}"] = [b for b in bios[:N_PEOPLE] if b["person"] in names]
+        out[f"toy_bio_retain{RETAIN_OF[pct]}"] = [b for b in bios[:N_PEOPLE] if b["person"] not in names]
         out[f"toy_verbmem_forget{pct}"] = [_verbmem(b["text"]) for b in out[f"toy_bio_forget{pct}"]]
     out["toy_text"] = out["toy_bio_forget10"]
     return out

@@ -9,8 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from alter import (AlterConfig, GatedLM, LossWeights, attach, adapter_params, cluster, ihl, load_adapter,
-                   method_loss, npo, routing_ce, save_adapter, seq_logp, struct_kl, trainable_summary)
+from alter import (AlterConfig, GatedLM, LossWeights, attach, adapter_params, cluster, ihl, layer_output,
+                   load_adapter, method_loss, npo, rmu, routing_ce, save_adapter, seq_logp, struct_kl,
+                   trainable_summary)
 from model import GPT, GPTConfig
 
 V = 61
@@ -138,6 +139,28 @@ def test_losses_equal_their_formulas():
     assert torch.allclose(struct_kl(logits, top.indices, top.values, where), kl_full, atol=1e-6)  # k = V: exact
     top3 = torch.topk(F.log_softmax(base[where], -1), 3, -1)
     assert struct_kl(base, top3.indices, top3.values, where).abs() < 1e-7
+
+
+def test_rmu_loss_equals_its_formula():
+    """RMU on hand-made activations: forget tokens pulled to u, retain tokens to the frozen activations, each a
+    squared error averaged over d, then over the tokens of its mask; padding and prompt tokens count nowhere."""
+    h = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [9.0, 9.0]], [[0.0, 1.0], [2.0, 2.0], [7.0, 7.0]]])
+    h_ref = torch.tensor([[[0.0, 0.0], [0.0, 0.0], [0.0, 0.0]], [[1.0, 1.0], [2.0, 0.0], [5.0, 5.0]]])
+    u = torch.tensor([1.0, 0.0])
+    forget = torch.tensor([[True, True, False], [False, False, False]])  # row 0: forget, last token padding
+    retain = torch.tensor([[False, False, False], [True, True, False]])  # row 1: retain
+    f, r = rmu(h, u, h_ref, forget, retain, alpha=10.0)
+    # forget: ((1-1)^2 + (2-0)^2)/2 = 2 and ((3-1)^2 + 4^2)/2 = 10 -> mean 6
+    # retain: ((0-1)^2 + (1-1)^2)/2 = 0.5 and (0 + 2^2)/2 = 2 -> mean 1.25, times alpha
+    assert f.item() == 6.0 and r.item() == 12.5
+    # method_loss reads the block's output through a hook: the same activations as a manual forward
+    model = tiny("llama")
+    x = torch.randint(0, 64, (2, 5))
+    seen = []
+    handle = model.transformer.h[1].register_forward_hook(lambda m, i, o: seen.append(o))
+    model(x)
+    handle.remove()
+    assert torch.equal(layer_output(model, 1, x, torch.ones_like(x)), seen[0])
 
 
 def test_routing_ce_formula():

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Real-model TOFU unlearning on 2 CPU cores: SmolLM2-135M-Instruct, real TOFU data, a reduced protocol
+# (README, "Real-model experiment"): target fine-tuned on 10 authors (the 2 forget01 authors and the first
+# 8 retain authors), retain reference on the 8 alone; forget01 unlearned; first 40 items of every eval set.
+# Usage: bash experiments/smollm2_tofu.sh [extra train.py flags]   (about 90 minutes on 2 CPU cores)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA=${DATA:-../shared/data}
+[ -f .cache/smollm2/model.safetensors ] || python ../shared/tools/smollm2_to_hf.py .cache/smollm2
+common=(--forget tofu_forget01 --model .cache/smollm2 --data-dir "$DATA" --authors 10 --eval-limit 40
+        --ft-epochs 5 --ft-lr 1e-4 --ft-batch-size 8 --epochs 5)
+runs=(
+  "alter"
+  "asymlora --method asymlora"
+  "lora --method lora"
+  "npo --method npo"
+  "gd --method gd"
+  "ga --method ga"
+  "alter-no-phase1 --no-phase1"
+  "alter-shannon --q 1"
+)
+mkdir -p results/smollm2_tofu
+for spec in "${runs[@]}"; do
+  set -- $spec
+  name=$1; shift
+  echo "== $name $*"
+  python train.py "${common[@]}" --out "out/smollm2_tofu/$name" --overwrite "$@"
+done
+python experiments/collect.py out/smollm2_tofu > results/smollm2_tofu/table.md
+cat results/smollm2_tofu/table.md
