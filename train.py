@@ -103,11 +103,14 @@ parser.add_argument("--log-every", type=int, default=10, help="log one line ever
 # (toy_text: its 4 biographies make 3 windows, one step per epoch; the models are those of the toy benchmark.
 # RMU on the toy: at the paper's alpha 100 forget-MC accuracy did not move; README, "Text unlearning")
 DEFAULTS = {
-    "toy": dict(rmu_lr=3e-2, rmu_alpha=10.0, lr_a=1e-5, lr_b=1e-3, lr=1e-4, epochs=20, ft_epochs=16, ft_lr=3e-3),
-    "tofu": dict(rmu_lr=5e-5, rmu_alpha=100.0, lr_a=1e-5, lr_b=1e-3, lr=1e-5, epochs=3, ft_epochs=5, ft_lr=1e-5),
-    "toy_text": dict(rmu_lr=3e-2, rmu_alpha=10.0, lr_a=1e-5, lr_b=1e-3, lr=1e-4, epochs=100, ft_epochs=16, ft_lr=3e-3, block_size=64),
-    "wmdp": dict(rmu_lr=5e-5, rmu_alpha=100.0, lr_a=1e-5, lr_b=1e-3, lr=5e-5, epochs=1, ft_epochs=0, ft_lr=0.0, block_size=256),
-    "muse": dict(rmu_lr=5e-5, rmu_alpha=100.0, lr_a=1e-5, lr_b=1e-3, lr=1e-5, epochs=10, ft_epochs=5, ft_lr=1e-5, block_size=256),
+    "toy": dict(lr_a=1e-5, lr_b=1e-3, lr=1e-4, epochs=20, ft_epochs=16, ft_lr=3e-3, rmu_lr=3e-2, rmu_alpha=10.0),
+    "tofu": dict(lr_a=1e-5, lr_b=1e-3, lr=1e-5, epochs=3, ft_epochs=5, ft_lr=1e-5, rmu_lr=5e-5, rmu_alpha=100.0),
+    "toy_text": dict(lr_a=1e-5, lr_b=1e-3, lr=1e-4, epochs=100, ft_epochs=16, ft_lr=3e-3, rmu_lr=3e-2, rmu_alpha=10.0,
+                     block_size=64),
+    "wmdp": dict(lr_a=1e-5, lr_b=1e-3, lr=5e-5, epochs=1, ft_epochs=0, ft_lr=0.0, rmu_lr=5e-5, rmu_alpha=100.0,
+                 block_size=256),
+    "muse": dict(lr_a=1e-5, lr_b=1e-3, lr=1e-5, epochs=10, ft_epochs=5, ft_lr=1e-5, rmu_lr=5e-5, rmu_alpha=100.0,
+                 block_size=256),
 }
 METHODS = ("alter", "asymlora", "lora", "npo", "gd", "ga", "rmu")
 # text forgetting: forget corpus, retain corpus, what is evaluated. WMDP's retain corpora are its own
