@@ -20,6 +20,7 @@ teacher forcing is the default). At inference ("entropy"), the frozen model's to
 temperature and the routing: the top-3 experts (renormalised) at high-entropy tokens, the argmax expert at
 low-entropy ones; "router" skips the base pass and uses the router's dense softmax.
 """
+import copy
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -322,6 +323,31 @@ def layer_output(model, layer, x, mask):
     finally:
         handle.remove()
     return seen[0]
+
+def rmu_setup(model, forget_ex, pad_id, layer=None, steer=4.0, seed=0, device="cpu"):
+    """RMU's pieces: the steered layer (default 7/32 of the depth, the original's layer 7 of 32), a frozen
+    copy of the model, the trainable down-projections (the steered layer and the two below, as the original's
+    layers 5-7), and the control vector u: uniform in [0, 1)^d, drawn once from the seed, scaled to steer x
+    the frozen layer's mean activation norm on (the first 64 windows of) the forget text. A fixed norm (the
+    paper's 6.5) does not carry over between models. Leaves only those down-projections trainable."""
+    n = model.config.n_layer
+    layer = round(n * 7 / 32) if layer is None else layer
+    if not 0 <= layer < n:
+        raise ValueError(f"--rmu-layer must be in 0..{n - 1}, got {layer}")
+    frozen = copy.deepcopy(model).eval()
+    for p in list(model.parameters()) + list(frozen.parameters()):
+        p.requires_grad_(False)
+    down = "c_proj" if model.config.arch == "gpt2" else "down_proj"
+    names = [f"transformer.h.{i}.mlp.{down}.weight" for i in range(max(0, layer - 2), layer + 1)]
+    params = dict(model.named_parameters())
+    for name in names:
+        params[name].requires_grad_(True)
+    with torch.no_grad():
+        batches = (collate(forget_ex[i:i + 16], pad_id, device) for i in range(0, min(64, len(forget_ex)), 16))
+        norms = [layer_output(frozen, layer, b["x"], b["mask"])[b["y"] != -100].float().norm(dim=-1) for b in batches]
+    u = torch.rand(model.config.n_embd, generator=torch.Generator().manual_seed(seed))
+    u = u / u.norm() * steer * torch.cat(norms).mean().item()
+    return dict(layer=layer, frozen=frozen, names=names, u=u.to(device))
 
 # -----------------------------------------------------------------------------
 # the losses of every method, in one place

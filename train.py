@@ -17,7 +17,6 @@ The run, in order:
   4. evaluation: target, retain and unlearned side by side; metrics.json in the run folder
 """
 import argparse
-import copy
 import hashlib
 import json
 import os
@@ -129,7 +128,7 @@ FORGET_AUTHORS = {"01": 2, "05": 10, "10": 20}  # TOFU: 20 questions per author
 # -----------------------------------------------------------------------------
 
 from alter import (AlterConfig, GatedLM, LossWeights, adapter_params, attach, cluster, layer_output,  # noqa: E402
-                   method_loss, save_adapter, seq_logp, trainable_summary)
+                   method_loss, rmu_setup, save_adapter, seq_logp, trainable_summary)
 from data.batching import batch_indices, collate, encode_qa, encode_text  # noqa: E402
 from data.benchmarks import load_split, split_names  # noqa: E402
 from entropy import pad_profile, profile, threshold  # noqa: E402
@@ -389,7 +388,7 @@ def main(args):
             extras["ref"] = torch.cat([seq_logp(model(b["x"], attention_mask=b["mask"])[0], b["y"]).cpu() for b in
                                        (collate(forget_ex[i:i + 16], tok.pad_id, device) for i in range(0, len(forget_ex), 16))])
     if args.method == "rmu":
-        extras["rmu"] = rmu_setup(model, forget_ex, tok, args, device)
+        extras["rmu"] = rmu_setup(model, forget_ex, tok.pad_id, args.rmu_layer, args.rmu_steer, args.seed, device)
     torch.manual_seed(args.seed)  # adapter init must not depend on whether the models came from the cache
     if args.method == "rmu":
         log0(f"RMU: layer {extras['rmu']['layer']}, |u| = {extras['rmu']['u'].norm():.2f}, trains "
@@ -562,31 +561,6 @@ def check_corpora(args):
         fail(f"{args.forget} needs its forget and retain corpora; missing:\n" + "\n".join(missing) +
              f"\nThe evaluation alone runs without them: python evaluate.py --model MODEL --bench {benches}" +
              (f" --data-dir {args.data_dir}" if args.data_dir else ""))
-
-
-def rmu_setup(model, forget_ex, tok, args, device):
-    """RMU's pieces: the steered layer, a frozen copy of the model, the trainable down-projections (the
-    steered layer and the two below, as the original's layers 5-7), and the control vector u: uniform in
-    [0, 1)^d, drawn once from the seed, scaled to rmu_steer x the frozen layer's mean activation norm on (the
-    first 64 windows of) the forget text. A fixed norm (the paper's 6.5) does not carry over between models."""
-    n = model.config.n_layer
-    layer = args.rmu_layer if args.rmu_layer is not None else round(n * 7 / 32)
-    if not 0 <= layer < n:
-        fail(f"--rmu-layer must be in 0..{n - 1}, got {layer}")
-    frozen = copy.deepcopy(model).eval()
-    for p in list(model.parameters()) + list(frozen.parameters()):
-        p.requires_grad_(False)
-    down = "c_proj" if model.config.arch == "gpt2" else "down_proj"
-    names = [f"transformer.h.{i}.mlp.{down}.weight" for i in range(max(0, layer - 2), layer + 1)]
-    params = dict(model.named_parameters())
-    for name in names:
-        params[name].requires_grad_(True)
-    with torch.no_grad():
-        norms = [layer_output(frozen, layer, b["x"], b["mask"])[b["y"] != -100].float().norm(dim=-1)
-                 for b in (collate(forget_ex[i:i + 16], tok.pad_id, device) for i in range(0, min(64, len(forget_ex)), 16))]
-    u = torch.rand(model.config.n_embd, generator=torch.Generator().manual_seed(args.seed))
-    u = u / u.norm() * args.rmu_steer * torch.cat(norms).mean().item()
-    return dict(layer=layer, frozen=frozen, names=names, u=u.to(device))
 
 
 def save_product(model, args, out, theta):
