@@ -268,8 +268,7 @@ def main(args):
     bench = args.forget.split("_")[0]  # toy | tofu | wmdp | muse
     pct = args.forget[-2:] if not text else "10"  # toy_text forgets the toy_forget10 people
     kind = "toy_text" if args.forget == "toy_text" else bench  # which DEFAULTS
-    if text and bench != "toy":
-        check_corpora(args)
+    corpora = load_corpora(args) if text and bench != "toy" else {}  # loaded once, before any work
     if args.authors:
         n_forget = FORGET_AUTHORS[pct]
         if bench != "tofu" or args.target or args.retain_model or args.retain_logs or args.authors <= n_forget:
@@ -354,7 +353,7 @@ def main(args):
     # --- 3: unlearning data
     if text:  # windows of block_size tokens, every token labelled (a "prompt" of 0 tokens)
         f_name, r_name, _ = TEXT_FORGETS[args.forget]
-        T = lambda name: [r["text"] for r in load_split(name, args.data_dir, args.seed)[:args.limit]]
+        T = lambda name: [r["text"] for r in (corpora.get(name) or load_split(name, args.data_dir, args.seed))[:args.limit]]
         forget_ex, retain_ex = encode_text(tok, T(f_name), args.block_size), encode_text(tok, T(r_name), args.block_size)
     else:
         forget_ex = encode_qa(tok, L(f"forget{pct}"), system_prompt=args.system_prompt)
@@ -548,12 +547,13 @@ def cached_eval(model, ev, benches, args, reference=None):
     return res
 
 
-def check_corpora(args):
-    """Text forgetting needs both corpora; say at once which are missing and where they come from."""
-    missing = []
+def load_corpora(args):
+    """The forget and retain corpora of a text forget set, {split: records}; when any is missing, say at once
+    which ones and where they come from."""
+    corpora, missing = {}, []
     for name in TEXT_FORGETS[args.forget][:2]:
         try:
-            load_split(name, args.data_dir)
+            corpora[name] = load_split(name, args.data_dir)
         except FileNotFoundError as e:
             missing.append(f"  - {e}")
     if missing:
@@ -561,6 +561,7 @@ def check_corpora(args):
         fail(f"{args.forget} needs its forget and retain corpora; missing:\n" + "\n".join(missing) +
              f"\nThe evaluation alone runs without them: python evaluate.py --model MODEL --bench {benches}" +
              (f" --data-dir {args.data_dir}" if args.data_dir else ""))
+    return corpora
 
 
 def save_product(model, args, out, theta):
