@@ -10,9 +10,13 @@ expert 0 is the retain expert B_r, experts 1..N the forget experts B_fd, one per
 gates g come from one router per block (softmax of a Linear on the block's normalised input, temperature
 0.8 for high-entropy tokens and 0.01 for low-entropy ones). A fresh adapter is an exact no-op: all B = 0.
 
-Gradient isolation (paper: "Strict Gradient Isolation"): every training token carries an expert label
-(retain -> 0, forget sub-domain d -> d). Expert e's B gets gradients only from tokens labelled e (the others
-see a detached copy of it), and A only from high-entropy tokens (A x is detached at low-entropy positions).
+Gradient isolation (paper: "Strict Gradient Isolation") is by data source, not by position: a loss at one
+position reaches every earlier position of its row through attention. So on each row, every expert but the
+row's own (0 for a retain row, d for a forget row of sub-domain d) is a detached copy at every position: no
+loss on a forget row reaches B_r, no retain-row loss reaches a B_fd, and sub-domain d reaches no other B_fd'.
+The shared A gets the gradient of the high-entropy terms alone (`backward`: a separate autograd.grad for A;
+"exact", the default), or, as an approximation, A x is detached at low-entropy positions ("position"),
+which still lets low-entropy losses reach A through the high-entropy positions before them.
 
 Training gates ("teacher", the default) are the one-hot labels: the router then learns only from the routing
 cross-entropy. "soft" uses the router's own tempered softmax, as the paper's gate is written (README: why
@@ -40,13 +44,15 @@ from model import GPT, read_safetensors, write_safetensors
 class AlterState:
     """What the adapters need to know about the current batch, set by the caller before each forward.
     mode: "off" (adapters disabled: the frozen base model), "teacher" / "soft" (training), "entropy" /
-    "router" (inference). labels (B, T) expert ids, high (B, T) high-entropy mask; isolate: gradient isolation."""
+    "router" (inference). labels (B, T) expert ids, high (B, T) high-entropy mask. Isolation (training):
+    rows (B,) the expert of each row's data source, whose B alone is live on that row; a_live (B, T) the
+    positions where A x keeps its gradient (the "position" approximation; None: everywhere)."""
 
     def __init__(self):
-        self.mode, self.labels, self.high, self.isolate = "router", None, None, False
+        self.set("router")
 
-    def set(self, mode, labels=None, high=None, isolate=False):
-        self.mode, self.labels, self.high, self.isolate = mode, labels, high, isolate
+    def set(self, mode, labels=None, high=None, rows=None, a_live=None):
+        self.mode, self.labels, self.high, self.rows, self.a_live = mode, labels, high, rows, a_live
 
 
 @dataclass
@@ -117,19 +123,18 @@ class AsymLoRALinear(nn.Module):
         if st.mode == "off":
             return y
         h = F.linear(x, self.lora_A)  # (B, T, r)
-        if st.isolate and st.high is not None:  # A learns only from high-entropy tokens
-            h = torch.where(st.high[..., None], h, h.detach())
+        if st.a_live is not None:  # "position" isolation of A: no gradient through low-entropy positions
+            h = torch.where(st.a_live[..., None], h, h.detach())
         E, out, r = self.lora_B.shape
         if self.router is None:  # plain LoRA
             return y + self.scaling * F.linear(h, self.lora_B[0])
         g = self.router(x) if self.computes_gates else self.router.gates  # (B, T, E)
         z = g.to(h.dtype)[..., None] * h[..., None, :]  # (B, T, E, r): each expert's gated input
         Bflat = self.lora_B.permute(0, 2, 1).reshape(E * r, out)  # (E*r, out): all experts in one matmul
-        if st.isolate and st.labels is not None and st.mode != "teacher":
-            # expert e's B gets gradients only from tokens labelled e; other tokens use a detached copy
-            own = F.one_hot(st.labels, E).to(z.dtype)[..., None]  # (B, T, E, 1)
+        if st.rows is not None:  # isolation by data source: on each row only the row's own expert is live
+            own = F.one_hot(st.rows, E).to(z.dtype)[:, None, :, None]  # (B, 1, E, 1)
             delta = (z * own).flatten(-2) @ Bflat + (z * (1 - own)).flatten(-2) @ Bflat.detach()
-        else:  # with teacher-forced one-hot gates, other experts' inputs are zero: isolation is exact
+        else:
             delta = z.flatten(-2) @ Bflat  # (B, T, out)
         return y + self.scaling * delta
 
@@ -213,15 +218,17 @@ class GatedLM(nn.Module):
     def new_cache(self):
         return {"base": self.model.new_cache(), "adapted": self.model.new_cache()}
 
-    def forward(self, idx, attention_mask=None, targets=None, cache=None):
+    def forward(self, idx, attention_mask=None, targets=None, cache=None, position_ids=None):
         st = self.model.alter_state
         if self.gate == "entropy":
             st.set("off")
-            base_logits, _ = self.model(idx, attention_mask=attention_mask, cache=cache and cache["base"])
+            base_logits, _ = self.model(idx, attention_mask=attention_mask, cache=cache and cache["base"],
+                                        position_ids=position_ids)
             st.set("entropy", high=tsallis(base_logits, self.q) > self.theta)
         else:
             st.set("router")
-        return self.model(idx, attention_mask=attention_mask, targets=targets, cache=cache and cache["adapted"])
+        return self.model(idx, attention_mask=attention_mask, targets=targets, cache=cache and cache["adapted"],
+                          position_ids=position_ids)
 
     generate = GPT.generate
 
@@ -353,6 +360,25 @@ def rmu_setup(model, forget_ex, pad_id, layer=None, steer=4.0, seed=0, device="c
 # the losses of every method, in one place
 
 
+def a_loss(parts, phase, w):
+    """ALTER's high-entropy terms, the only ones whose gradient the shared A receives: Phase I's NLL (all on
+    high-entropy tokens), Phase II's structural KL and the high-entropy share of the retain NLL."""
+    return parts["nll_high"] if phase == 1 else w.gamma * parts["retain_high"] + w.lam * parts["struct"]
+
+
+def backward(model, loss, a_only=None):
+    """loss.backward(), except that with `a_only` the shared A's gradient is that of a_only alone: one
+    autograd.grad for the lora_A tensors, then the backward of the whole loss for every other parameter."""
+    if a_only is None:
+        return loss.backward()
+    A = [p for n, p in adapter_params(model) if "lora_A" in n and p.requires_grad]
+    rest = [p for p in model.parameters() if p.requires_grad and all(p is not a for a in A)]
+    gA = torch.autograd.grad(a_only, A, retain_graph=True, allow_unused=True) if a_only.requires_grad else [None] * len(A)
+    loss.backward(inputs=rest)
+    for p, g in zip(A, gA):
+        p.grad = torch.zeros_like(p) if g is None else g
+
+
 @dataclass
 class LossWeights:
     beta: float = 1.0      # forget term (sum over sub-domains of the mean IHL)
@@ -369,8 +395,10 @@ def method_loss(method, phase, model, batch, w):
     (B, T) and top_ids/top_logp (the profile at labelled positions) for ALTER, ref_logp (B,) for NPO.
 
         alter phase 1: NLL on high-entropy answer tokens of forget and retain rows, gates fixed to B_r
+                       (which learns from the retain rows only: isolation by data source)
         alter phase 2: beta * sum_d IHL(low-entropy forget tokens of d) + gamma * NLL(retain)
                        + lam * KL(base || model) on high-entropy answer tokens + mu * routing CE
+                       (A learns from `a_loss` alone unless batch["a_grad"] is "position")
         asymlora:      beta * sum_d IHL(all forget answer tokens of d) + gamma * NLL(retain) + mu * routing CE
         ga: -NLL(forget)   gd, lora: -NLL(forget) + gamma * NLL(retain)   npo: NPO(forget) + gamma * NLL(retain)
         rmu:           forget activations of one layer -> u, retain activations -> the frozen model's (batch:
@@ -391,10 +419,10 @@ def method_loss(method, phase, model, batch, w):
     state = getattr(model, "alter_state", None)
     if method == "alter":
         high = batch["high"]
-        if phase == 1:
-            state.set("teacher", labels=torch.zeros_like(labels), high=high, isolate=True)
-        else:
-            state.set(batch.get("gate", "teacher"), labels=labels, high=high, isolate=True)
+        a_live = high if batch.get("a_grad", "exact") == "position" else None  # "exact": see `backward`
+        mode = "teacher" if phase == 1 else batch.get("gate", "teacher")  # Phase I: every gate on B_r
+        state.set(mode, labels=torch.zeros_like(labels) if phase == 1 else labels, high=high, rows=expert,
+                  a_live=a_live)
     elif method == "asymlora":
         state.set("teacher", labels=labels)
     elif state is not None:
@@ -406,13 +434,17 @@ def method_loss(method, phase, model, batch, w):
         return parts["nll_high"], parts
     if method in ("alter", "asymlora"):
         low = forget & ~batch["high"] if method == "alter" else forget
-        parts["ihl"] = sum(ihl(logits, y, low & (expert == d)[:, None]) for d in expert[expert > 0].unique().tolist())
+        parts["ihl"] = sum((ihl(logits, y, low & (expert == d)[:, None]) for d in expert[expert > 0].unique().tolist()),
+                           logits.sum() * 0)
         parts["retain"] = nll(logits, y, retain)
         parts["route"] = routing_ce(model, labels, mask.bool())
         total = w.beta * parts["ihl"] + w.gamma * parts["retain"] + w.mu * parts["route"]
         if method == "alter":
             sel = batch["high"][lab]  # which labelled positions (row-major, as top_ids is stored) are high
             parts["struct"] = struct_kl(logits, batch["top_ids"][sel], batch["top_logp"][sel], lab & batch["high"])
+            # the high-entropy share of the retain NLL (its sum over high retain tokens / all retain tokens)
+            n = retain.sum().clamp(min=1)
+            parts["retain_high"] = nll(logits, y, retain & batch["high"]) * (retain & batch["high"]).sum() / n
             total = total + w.lam * parts["struct"]
         return total, parts
     if method == "npo":

@@ -30,6 +30,19 @@ from data.benchmarks import load_split
 
 MAX_BATCH_TOKENS = 8192  # padded tokens per forward: bounds the (B, T, V) logits of long prompts (MMLU law, WMDP code)
 
+# Which tokens the attention mask hides in TOFU and MUSE metrics. "ou" is open-unlearning's collator:
+# attention_mask = ids != pad_id, and pad = EOS, so the end-of-turn tokens inside a chat prompt are hidden too
+# (SmolLM2's <|im_end|>, Llama-3's <|eot_id|>); scoring runs with positions 0..T-1 (transformers' default),
+# generation with positions counting unmasked tokens (transformers' generate). "padding" hides padding only.
+# Multiple choice (lm-eval) always masks padding only: lm-eval does not mask EOS.
+MASK_RULES = ("ou", "padding")
+
+
+def check_mask_rule(mask_rule):
+    """A ValueError naming the valid rules for anything not in MASK_RULES."""
+    if mask_rule not in MASK_RULES:
+        raise ValueError(f"unknown mask rule {mask_rule!r}; valid: {', '.join(MASK_RULES)}")
+
 
 def _by_length(n_items, lengths, batch_size):
     """Batches of indices, longest first so padding is small, of at most batch_size items and
@@ -45,12 +58,18 @@ def _by_length(n_items, lengths, batch_size):
 
 
 @torch.no_grad()
-def token_logps(lm, examples, pad_id, batch_size=16, device="cpu", desc="score"):
-    """Log-prob of every labelled token of each (ids, n_prompt) example: a list of 1-D tensors."""
+def token_logps(lm, examples, pad_id, batch_size=16, device="cpu", desc="score", mask_rule="ou"):
+    """Log-prob of every labelled token of each (ids, n_prompt) example: a list of 1-D tensors.
+    mask_rule: see MASK_RULES."""
+    check_mask_rule(mask_rule)
     out = [None] * len(examples)
     for idx in tqdm(_by_length(len(examples), [len(e[0]) for e in examples], batch_size), desc=desc, leave=False, disable=None):
         b = collate([examples[i] for i in idx], pad_id, device)
-        logits, _ = lm(b["x"], attention_mask=b["mask"])
+        if mask_rule == "ou":
+            pos = torch.arange(b["x"].size(1), device=b["x"].device)[None]
+            logits, _ = lm(b["x"], attention_mask=b["mask"].bool() & (b["x"] != pad_id), position_ids=pos)
+        else:
+            logits, _ = lm(b["x"], attention_mask=b["mask"])
         # flattened to (B*T, V): cross_entropy over a transposed (B, V, T) view is ~7x slower on CPU
         logp = -F.cross_entropy(logits.float().flatten(0, 1), b["y"].clamp(min=0).flatten(), reduction="none")
         logp = logp.view(b["y"].shape)  # (B, T)
@@ -65,14 +84,18 @@ def avg_nll(logps):
 
 
 @torch.no_grad()
-def generate(lm, tok, prompts, max_new_tokens, batch_size=16, device="cpu", desc="generate"):
-    """Greedy continuations of token-id prompts, cut at the first end token, decoded and stripped."""
+def generate(lm, tok, prompts, max_new_tokens, batch_size=16, device="cpu", desc="generate", mask_rule="ou"):
+    """Greedy continuations of token-id prompts, cut at the first end token, decoded and stripped.
+    mask_rule: see MASK_RULES."""
+    check_mask_rule(mask_rule)
     stops = sorted(set(lm.config.eos_token_id) | {tok.eos_id})
     room = lm.config.block_size - max_new_tokens  # a prompt too long for the context keeps its end
     prompts = [p[-room:] for p in prompts]
     out = [None] * len(prompts)
     for idx in tqdm(_by_length(len(prompts), [len(p) for p in prompts], batch_size), desc=desc, leave=False, disable=None):
         x, am = collate_prompts([prompts[i] for i in idx], tok.pad_id, device)
+        if mask_rule == "ou":
+            am = am * (x != tok.pad_id)
         new = lm.generate(x, attention_mask=am, max_new_tokens=max_new_tokens, eos_token_id=stops).tolist()
         for j, i in enumerate(idx):
             ids = new[j]
@@ -158,9 +181,26 @@ def auc(forget_scores, holdout_scores):
 
 
 def privleak(auc_model, auc_ref=0.5):
-    """open-unlearning's privleak: ((1 - AUC) - (1 - AUC_ref)) / (1 - AUC_ref) * 100 (-100: fully leaking,
-    0: like the retain model). AUC_ref = 0.5 when there is no retain reference."""
+    """open-unlearning's privleak: ((1 - AUC) - (1 - AUC_ref)) / (1 - AUC_ref + 1e-10) * 100 (-100: fully
+    leaking, 0: like the retain model). AUC_ref = 0.5 when there is no retain reference."""
     return ((1 - auc_model) - (1 - auc_ref)) / (1 - auc_ref + 1e-10) * 100
+
+
+def apply_reference(summary, reference=None):
+    """The numbers that compare a model with the retain reference, set in place (open-unlearning's rules):
+    forget quality = KS p-value of the forget truth ratios against the reference's (None without one: missing,
+    never invented), privleak and muse_privleak against the reference's Min-K% AUC (0.5 without one).
+    reference: the retain model's summary, or retain logs as load_retain_logs returns them."""
+    ref = reference or {}
+    if "forget_truth_ratio_by_item" in summary:
+        tr_ref = ref.get("forget_truth_ratio_by_item")
+        summary["forget_quality"] = None if tr_ref is None else \
+            forget_quality(np.array(summary["forget_truth_ratio_by_item"]), np.array(tr_ref))
+    for key in ("privleak", "muse_privleak"):
+        if f"{key}_auc" in summary:
+            auc_ref = ref.get(f"{key}_auc")
+            summary[key] = privleak(summary[f"{key}_auc"], 0.5 if auc_ref is None else auc_ref)
+    return summary
 
 # -----------------------------------------------------------------------------
 # the benchmarks
@@ -203,30 +243,32 @@ def eval_mc_cloze(lm, tok, rows, batch_size=16, device="cpu", desc="mc"):
     is scored by the summed log-likelihood of its tokens as the answer to the question; argmax wins."""
     examples = [ex for r in rows for ex in encode_qa(tok, [{"question": r["question"], "answer": c}
                                                            for c in r["choices"]])]
-    ll = torch.tensor([lp.sum().item() for lp in token_logps(lm, examples, tok.pad_id, batch_size, device, desc)])
+    ll = torch.tensor([lp.sum().item() for lp in token_logps(lm, examples, tok.pad_id, batch_size, device, desc,
+                                                             mask_rule="padding")])
     pred = ll.view(len(rows), -1).argmax(-1).tolist()
     return [int(p == r["answer"]) for p, r in zip(pred, rows)]
 
 
-def tofu_like(lm, tok, bench, split, data_dir, limit, reference, batch_size, device, max_new_tokens=200, seed=0):
-    """TOFU metrics of one forget split (bench "tofu" or "toy"): forget prob / truth ratio / ROUGE, forget
-    quality against a reference's per-item truth ratios, privleak vs holdout, and model utility."""
+def tofu_like(lm, tok, bench, split, data_dir, limit, batch_size, device, max_new_tokens=200, seed=0, mask_rule="ou"):
+    """TOFU metrics of one forget split (bench "tofu" or "toy"): forget prob / truth ratio / ROUGE, the per-item
+    truth ratios and the Min-K% AUC (forget vs holdout) that forget quality and privleak compare with the
+    retain reference's (apply_reference), and model utility."""
+    score = lambda examples, desc: token_logps(lm, examples, tok.pad_id, batch_size, device, desc, mask_rule)
     pct = split.removeprefix("forget")
     L = lambda name: load_split(f"{bench}_{name}", data_dir, seed)[:limit]
     summary, items, correct = {}, [], []
 
     def qa_set(tag, rows, true_key, wrong_key, tr_kind):
         n_wrong = len(rows[0][wrong_key])
-        nll_ans = avg_nll(token_logps(lm, encode_qa(tok, rows, "answer"), tok.pad_id, batch_size, device, f"{tag} answers"))
+        nll_ans = avg_nll(score(encode_qa(tok, rows, "answer"), f"{tag} answers"))
         nll_true = nll_ans if true_key == "answer" else \
-            avg_nll(token_logps(lm, encode_qa(tok, rows, true_key), tok.pad_id, batch_size, device, f"{tag} paraphrases"))
-        nll_wrong = avg_nll(token_logps(lm, encode_qa(tok, rows, wrong_key), tok.pad_id, batch_size, device,
-                                        f"{tag} perturbed")).reshape(len(rows), n_wrong)
+            avg_nll(score(encode_qa(tok, rows, true_key), f"{tag} paraphrases"))
+        nll_wrong = avg_nll(score(encode_qa(tok, rows, wrong_key), f"{tag} perturbed")).reshape(len(rows), n_wrong)
         tr = truth_ratio(nll_true, nll_wrong)
         if tag in ("ra", "wf"):  # multiple choice by likelihood: the true answer beats every wrong option
             correct.extend((nll_ans[:, None] < nll_wrong).all(1).tolist())
         gens = generate(lm, tok, [tok.prompt_ids(r["question"]) for r in rows], max_new_tokens, batch_size, device,
-                        f"{tag} generate")
+                        f"{tag} generate", mask_rule)
         rouge = rouge_l([r["answer"] for r in rows], gens, "recall")
         prob = np.exp(-nll_ans) if tag in ("forget", "retain") else prob_normalised(nll_ans, nll_wrong)
         prob_key = f"{tag}_Q_A_Prob" + ("" if tag in ("forget", "retain") else "_normalised")
@@ -243,10 +285,6 @@ def tofu_like(lm, tok, bench, split, data_dir, limit, reference, batch_size, dev
     forget_rows = L(f"forget{pct}_perturbed")
     tr = qa_set("forget", forget_rows, "paraphrased_answer", "perturbed_answer", "forget")
     summary["forget_truth_ratio_by_item"] = [float(v) for v in tr]
-    if reference is not None:
-        summary["forget_quality"] = forget_quality(tr, reference)
-    else:
-        summary["forget_quality"] = None  # no retain reference: missing, never invented
     qa_set("retain", L("retain_perturbed"), "paraphrased_answer", "perturbed_answer", "true_better")
     qa_set("ra", L("real_authors_perturbed"), "answer", "perturbed_answer", "true_better")
     qa_set("wf", L("world_facts_perturbed"), "answer", "perturbed_answer", "true_better")
@@ -258,14 +296,13 @@ def tofu_like(lm, tok, bench, split, data_dir, limit, reference, batch_size, dev
     # privleak: Min-K% (k = 0.4) on forget vs holdout answers; EOS and the first answer token left out (OU #101)
     hold = L(f"holdout{pct}")
     scores = [[min_k(lp[1:-1] if len(lp) > 2 else lp) for lp in
-               token_logps(lm, encode_qa(tok, rows), tok.pad_id, batch_size, device, "privleak")]
+               score(encode_qa(tok, rows), "privleak")]
               for rows in (forget_rows, hold)]
-    summary["privleak_auc"] = auc(*scores)
-    summary["privleak"] = privleak(summary["privleak_auc"])
+    summary["privleak_auc"] = auc(*scores)  # forget quality and privleak come from apply_reference
     return summary, items
 
 
-def muse_like(lm, tok, bench, data_dir, limit, batch_size, device, auc_ref=None, pct="10", seed=0):
+def muse_like(lm, tok, bench, data_dir, limit, batch_size, device, pct="10", seed=0, mask_rule="ou"):
     """MUSE's VerbMem (ROUGE-L F1 of 128 greedy tokens after the prompt), KnowMem (ROUGE-L F1 of <= 32
     tokens, few-shot ICL) and PrivLeak (Min-K% 40 AUC forget vs holdout) — or their toy analogs."""
     summary, items = {}, []
@@ -279,22 +316,22 @@ def muse_like(lm, tok, bench, data_dir, limit, batch_size, device, auc_ref=None,
         priv = tuple(load_split(f"{bench}_privleak_{s}", data_dir)[:limit] for s in ("forget", "holdout"))
     max_len = min(lm.config.block_size, 2048)
     prompts = [tok.encode(r["prompt"], bos=tok.add_bos)[-(max_len - 128):] for r in verb]
-    gens = generate(lm, tok, prompts, 128, batch_size, device, "verbmem")
+    gens = generate(lm, tok, prompts, 128, batch_size, device, "verbmem", mask_rule)
     gts = [tok.decode(tok.encode(r["gt"])[:128]) for r in verb]  # MUSE truncates the reference to 128 tokens
     summary["forget_verbmem_ROUGE"] = float(rouge_l(gts, gens, "f1").mean())
     for s, (rows, icl) in (kn or {}).items():
         shots = [(r["question"], r["answer"]) for r in icl]
         g = generate(lm, tok, [tok.prompt_ids(r["question"], few_shot=shots) for r in rows], 32, batch_size, device,
-                     f"knowmem {s}")
+                     f"knowmem {s}", mask_rule)
         g = [min((x.split(stop)[0] for stop in ("\n\n", "\nQuestion", "Question:")), key=len).strip() for x in g]
         summary[f"{s}_knowmem_ROUGE"] = float(rouge_l([r["answer"] for r in rows], g, "f1").mean())
     scores = []
     for rows in priv:
         ex = [(tok.encode(r["text"], bos=tok.add_bos)[:max_len], 0) for r in rows]
-        scores.append([min_k(lp) for lp in token_logps(lm, ex, tok.pad_id, max(1, batch_size // 4), device, "privleak")])
+        scores.append([min_k(lp) for lp in token_logps(lm, ex, tok.pad_id, max(1, batch_size // 4), device, "privleak",
+                                                        mask_rule)])
     # named muse_privleak (open-unlearning: privleak in MUSE_SUMMARY) so it never collides with TOFU's
-    summary["muse_privleak_auc"] = auc(*scores)
-    summary["muse_privleak"] = privleak(summary["muse_privleak_auc"], auc_ref if auc_ref is not None else 0.5)
+    summary["muse_privleak_auc"] = auc(*scores)  # muse_privleak comes from apply_reference
     items += [{"bench": bench, "set": "verbmem", "index": i, "rouge": float(r), "generation": g}
               for i, (r, g) in enumerate(zip(rouge_l(gts, gens, "f1"), gens))]
     return summary, items
@@ -304,11 +341,33 @@ BENCHES = ("tofu_forget01", "tofu_forget05", "tofu_forget10", "toy_forget01", "t
            "mmlu", "wmdp_bio", "wmdp_cyber", "wmdp_chem", "toy_mc", "muse_news", "muse_books", "toy_muse")
 
 
+def bench_splits(bench, pct="10", shots=0):
+    """The split names a bench reads (pct: the toy people toy_mc and toy_muse ask about), so a run can load
+    and check them all before any work."""
+    if bench.startswith(("tofu_", "toy_forget")):
+        b, p = bench.split("_")[0], bench[-2:]
+        return [f"{b}_forget{p}_perturbed", f"{b}_retain_perturbed", f"{b}_real_authors_perturbed",
+                f"{b}_world_facts_perturbed", f"{b}_holdout{p}"]
+    if bench == "toy_mc":
+        return [f"toy_mc_forget{pct}", "toy_mc_retain"]
+    if bench == "toy_muse":
+        return [f"toy_verbmem_forget{pct}", f"toy_bio_forget{pct}", "toy_bio_holdout"]
+    if bench.startswith("muse_"):
+        return [f"{bench}_knowmem_{s}_qa{icl}" for s in ("forget", "retain") for icl in ("", "_icl")] + \
+            [f"{bench}_verbmem_forget", f"{bench}_privleak_forget", f"{bench}_privleak_holdout"]
+    if bench not in BENCHES:
+        raise ValueError(f"unknown bench {bench!r}; valid: {', '.join(BENCHES)}")
+    return ["mmlu_test"] + (["mmlu_dev"] if shots else []) if bench == "mmlu" else [bench]
+
+
 def evaluate(lm, tok, benches, data_dir=None, limit=None, reference=None, shots=0, batch_size=16, device="cpu",
-             pct="10", per_subject=None, seed=0):
-    """Run every bench; returns (summary dict, per-item list). `reference`: per-item forget truth ratios of
-    the retain model for forget quality (None: forget_quality is reported as missing). pct: which forget
-    people toy_mc and toy_muse ask about (01, 05, 10); seed: the toy benchmark's seed."""
+             pct="10", per_subject=None, seed=0, mask_rule="ou"):
+    """Run every bench; returns (summary dict, per-item list). `reference`: the retain model's summary (or its
+    logs, load_retain_logs) for forget quality and PrivLeak (apply_reference; None: forget quality is
+    reported as missing, PrivLeak taken against AUC 0.5). pct: which forget
+    people toy_mc and toy_muse ask about (01, 05, 10); seed: the toy benchmark's seed. mask_rule: the
+    attention mask of TOFU and MUSE metrics (MASK_RULES), recorded as summary["eval_mask"]."""
+    check_mask_rule(mask_rule)
     summary, items = {}, []
     for bench in benches:
         if bench not in BENCHES:
@@ -316,7 +375,8 @@ def evaluate(lm, tok, benches, data_dir=None, limit=None, reference=None, shots=
         t0 = time.time()
         if bench.startswith(("tofu_", "toy_forget")):
             b, split = bench.split("_", 1)
-            s, it = tofu_like(lm, tok, b, split, data_dir, limit, reference, batch_size, device, seed=seed)
+            s, it = tofu_like(lm, tok, b, split, data_dir, limit, batch_size, device, seed=seed, mask_rule=mask_rule)
+            s["eval_mask"] = mask_rule
         elif bench in ("mmlu", "wmdp_bio", "wmdp_cyber", "wmdp_chem"):
             rows = load_split("mmlu_test" if bench == "mmlu" else bench, data_dir)
             if per_subject:  # a fixed subset: the first N questions of every subject
@@ -341,11 +401,13 @@ def evaluate(lm, tok, benches, data_dir=None, limit=None, reference=None, shots=
                 s[f"mc_{part.rstrip('0123456789')}_acc"] = float(np.mean(correct))
                 it += [{"bench": bench, "set": part, "index": i, "correct": c} for i, c in enumerate(correct)]
         else:
-            s, it = muse_like(lm, tok, bench, data_dir, limit, batch_size, device, pct=pct, seed=seed)
+            s, it = muse_like(lm, tok, bench, data_dir, limit, batch_size, device, pct=pct, seed=seed,
+                              mask_rule=mask_rule)
+            s["eval_mask"] = mask_rule
         s[f"{bench}_seconds"] = round(time.time() - t0, 1)
         summary.update(s)
         items += it
-    return summary, items
+    return apply_reference(summary, reference), items
 
 
 def print_table(rows, keys=None):
@@ -361,25 +423,36 @@ def print_table(rows, keys=None):
         print(f"{k:<{w}}" + "".join(f"{fmt(rows[n].get(k)):>14}" for n in names))
 
 
-def load_retain_logs(path, n_items):
-    """Per-item forget truth ratios from a retain-logs JSON: open-unlearning's TOFU_EVAL.json layout
-    (forget_truth_ratio.value_by_index.{i}.score) or our metrics.json (forget_truth_ratio_by_item)."""
+def load_retain_logs(path, n_items, limit=None, mask_rule="ou"):
+    """The retain reference from a logs JSON, as a summary for apply_reference: its per-item forget truth
+    ratios (the first `limit` of the split's n_items) and Min-K% AUC. Reads open-unlearning's TOFU_EVAL.json
+    (forget_truth_ratio.value_by_index.{i}.score, mia_min_k.agg_value), which is computed under its mask
+    rule "ou", or our metrics.json (its "retain" row, or a summary: forget_truth_ratio_by_item, privleak_auc,
+    eval_mask). Logs made under another mask rule than `mask_rule` are refused."""
     try:
         logs = json.load(open(path))
     except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"--retain-logs {path}: cannot read it as JSON ({e})") from None
-    if "forget_truth_ratio" in logs and isinstance(logs["forget_truth_ratio"], dict):
+    if isinstance(logs.get("forget_truth_ratio"), dict):  # open-unlearning
         by = logs["forget_truth_ratio"].get("value_by_index", {})
         vals = [v["score"] if isinstance(v, dict) else v for _, v in sorted(by.items(), key=lambda kv: int(kv[0]))]
-    else:
-        vals = next((v for k, v in logs.items() if k.endswith("forget_truth_ratio_by_item")), None)
+        auc_ref = (logs.get("mia_min_k") or {}).get("agg_value")
+        rule = "ou"
+    else:  # ours: train.py's metrics.json (rows) or evaluate.py's (one summary)
+        row = logs.get("retain", logs)
+        vals, auc_ref = row.get("forget_truth_ratio_by_item"), row.get("privleak_auc")
+        rule = row.get("eval_mask", "padding")  # summaries written before the rule existed masked padding only
     if not vals:
         raise ValueError(f"--retain-logs {path}: expected open-unlearning's TOFU_EVAL.json (forget_truth_ratio."
                          f"value_by_index) or our metrics.json (forget_truth_ratio_by_item); found keys {sorted(logs)[:8]}")
-    if len(vals) != n_items:
-        raise ValueError(f"--retain-logs {path}: {len(vals)} forget items, but this forget split has {n_items}: "
-                         f"is it for another split?")
-    return np.array(vals, dtype=float)
+    need = min(limit or n_items, n_items)  # the items evaluated: the first `limit`
+    if len(vals) not in (n_items, need):
+        raise ValueError(f"--retain-logs {path}: {len(vals)} forget items, but this forget split has {n_items} and "
+                         f"{need} are evaluated: is it for another split or limit?")
+    if rule != mask_rule:
+        raise ValueError(f"--retain-logs {path} were computed with the {rule!r} attention mask, this evaluation uses "
+                         f"{mask_rule!r}: truth ratios differ between the two; pass --eval-mask/--mask {rule}")
+    return {"forget_truth_ratio_by_item": [float(v) for v in vals[:limit]], "privleak_auc": auc_ref}
 
 # -----------------------------------------------------------------------------
 # the CLI
@@ -387,54 +460,69 @@ def load_retain_logs(path, n_items):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description="evaluate a model (and optionally an ALTER/LoRA adapter)")
-    p.add_argument("--model", required=True, help="HF hub id or checkpoint directory")
+    p.add_argument("--model", default=None, help="HF hub id or checkpoint directory (default with --adapter: the model "
+                                                 "the adapter was trained on)")
     p.add_argument("--adapter", default=None, help="run folder (or .safetensors file) of a saved adapter")
-    p.add_argument("--gate", default="entropy", choices=["entropy", "router"], help="adapter routing at inference")
-    p.add_argument("--bench", required=True, help=f"comma-separated, from: {', '.join(BENCHES)}")
+    p.add_argument("--bench", default=None, help=f"comma-separated, from: {', '.join(BENCHES)} (default with "
+                                                 "--adapter: the run's)")
     p.add_argument("--data-dir", default=None, help="local mirror with the layout of ../shared/data (default: HF hub)")
-    p.add_argument("--retain-logs", default=None, help="retain reference for forget quality (TOFU_EVAL.json or metrics.json)")
+    p.add_argument("--retain-logs", default=None, help="retain reference for forget quality and PrivLeak (TOFU_EVAL.json "
+                   "or metrics.json; default with --adapter: the retain row of the run's metrics.json, if it has one)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N items of each set (N >= 1)")
-    p.add_argument("--batch-size", type=int, default=16, help="sequences per forward")
+    p.add_argument("--batch-size", type=int, default=32, help="sequences per forward (train.py's --eval-batch-size)")
     p.add_argument("--shots", type=int, default=0, help="MMLU few-shot examples from the dev split (0 or 5)")
     p.add_argument("--per-subject", type=int, default=None, help="MMLU/WMDP: only the first N questions of each subject")
-    p.add_argument("--system-prompt", default=None, help="override the chat system prompt")
-    p.add_argument("--q", type=float, default=1.5, help="Tsallis q of the entropy gate")
-    p.add_argument("--theta", type=float, default=1.2, help="entropy threshold of the gate")
     p.add_argument("--device", default="cpu", help="cpu | cuda | mps")
-    p.add_argument("--seed", type=int, default=0, help="seed of the toy benchmark's data (as given to train.py)")
-    p.add_argument("--out", default=None, help="folder for metrics.json and items.jsonl (default: beside the adapter, or out/eval)")
+    p.add_argument("--out", default=None, help="folder for metrics.json and items.jsonl (default: <adapter run>/eval, "
+                                               "or out/eval)")
+    # the run's settings: read from the adapter's header when there is one; a flag given here overrides it
+    p.add_argument("--gate", default=None, choices=["entropy", "router"], help="adapter routing at inference")
+    p.add_argument("--q", type=float, default=None, help="Tsallis q of the entropy gate")
+    p.add_argument("--theta", type=float, default=None, help="entropy threshold of the gate")
+    p.add_argument("--system-prompt", default=None, help="override the chat system prompt")
+    p.add_argument("--seed", type=int, default=None, help="seed of the toy benchmark's data (as given to train.py)")
+    p.add_argument("--mask", default=None, choices=MASK_RULES,
+                   help="TOFU/MUSE attention mask: ou (open-unlearning: EOS tokens = pad are masked) or padding")
     args = p.parse_args(argv)
-    benches = [b for b in args.bench.split(",") if b]
-    bad = [b for b in benches if b not in BENCHES]
-    if bad or not benches:
-        sys.exit(f"error: unknown bench {bad or args.bench!r}; valid: {', '.join(BENCHES)}")
     if args.limit is not None and args.limit < 1:
         sys.exit(f"error: --limit must be at least 1, got {args.limit}")
-    from model import GPT
+    from alter import GatedLM, load_adapter
+    from model import GPT, read_safetensors
     from tokenizer import Tokenizer
     try:
+        run, run_dir = {}, None
+        if args.adapter:  # the run's settings first: they may name the model and the benches
+            path = args.adapter if args.adapter.endswith(".safetensors") else os.path.join(args.adapter, "adapter.safetensors")
+            run_dir = os.path.dirname(path)
+            run = json.loads(read_safetensors(path, metadata=True)[1].get("run", "{}"))
+        args.model = args.model or run.get("base_model")
+        args.bench = args.bench or ",".join(run.get("benches", []))
+        if args.limit is None and args.per_subject is None and args.bench == ",".join(run.get("benches", [])):
+            args.limit, args.per_subject = run.get("eval_limit"), run.get("per_subject")  # the run's items
+        if not args.model or not args.bench:
+            raise ValueError("give --model and --bench (an adapter from train.py names both)")
+        benches = [b for b in args.bench.split(",") if b]
+        bad = [b for b in benches if b not in BENCHES]
+        if bad:
+            raise ValueError(f"unknown bench {bad}; valid: {', '.join(BENCHES)}")
         model = GPT.from_pretrained(args.model).to(args.device).eval()
         tok = Tokenizer.from_pretrained(model.source)
-        reference = None
-        if args.retain_logs:
-            tofu = [b for b in benches if b.startswith(("tofu_", "toy_forget"))]
-            n = len(load_split(f"{tofu[0].split('_')[0]}_{tofu[0].split('_')[1]}_perturbed", args.data_dir,
-                               args.seed)[:args.limit]) \
-                if tofu else 0
-            reference = load_retain_logs(args.retain_logs, n)
         lm = model
         if args.adapter:
-            from alter import GatedLM, load_adapter
-            path = args.adapter if args.adapter.endswith(".safetensors") else os.path.join(args.adapter, "adapter.safetensors")
             load_adapter(model, path)
-            lm = GatedLM(model, args.q, args.theta, args.gate)
-        tok.system = args.system_prompt
+        s = run_settings(args, run)
+        if args.adapter:
+            lm = GatedLM(model, s["q"], s["theta"], s["gate"])
+            print(f"evaluating {args.bench} (limit {args.limit}) of {args.model} with the adapter {path}")
+        reference = retain_reference(args, benches, s, run_dir)
+        tok.system = s["system_prompt"]
         print(tok.describe())
         summary, items = evaluate(lm, tok, benches, args.data_dir, args.limit, reference, args.shots,
-                                  args.batch_size, args.device, per_subject=args.per_subject, seed=args.seed)
+                                  args.batch_size, args.device, per_subject=args.per_subject, seed=s["seed"],
+                                  mask_rule=s["eval_mask"])
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
-    out = args.out or (os.path.dirname(path) if args.adapter else os.path.join("out", "eval"))
+    out = args.out or (os.path.join(run_dir, "eval") if args.adapter else os.path.join("out", "eval"))
     os.makedirs(out, exist_ok=True)
     write_json(os.path.join(out, "metrics.json"), summary)
     with open(os.path.join(out, "items.jsonl.tmp"), "w") as f:
@@ -444,10 +532,54 @@ def main(argv=None):
     print(f"wrote {out}/metrics.json and items.jsonl")
 
 
+def run_settings(args, run):
+    """The settings an adapter runs with: its header's (what train.py used: the gate, q, the theta actually
+    used, the prompt and evaluation settings), each overridden by a flag given here, loudly."""
+    defaults = dict(gate="entropy", q=1.5, theta=1.2, system_prompt=None, seed=0, eval_mask="ou")
+    flags = dict(gate=args.gate, q=args.q, theta=args.theta, system_prompt=args.system_prompt, seed=args.seed,
+                 eval_mask=args.mask)
+    out = {}
+    for k, default in defaults.items():
+        out[k] = run.get(k, default)
+        if flags[k] is not None:
+            if k in run and flags[k] != run[k]:
+                print(f"note: {k} = {flags[k]!r} from the command line overrides the adapter's {run[k]!r}")
+            out[k] = flags[k]
+    if run:
+        print("adapter settings: " + ", ".join(f"{k} {out[k]}" for k in ("gate", "q", "theta", "seed", "eval_mask")))
+        if os.path.abspath(args.model) != os.path.abspath(run.get("base_model", args.model)):
+            print(f"note: the adapter was trained on {run['base_model']}, evaluated here on {args.model}")
+    return out
+
+
+def retain_reference(args, benches, s, run_dir):
+    """The retain reference for TOFU metrics: --retain-logs, else the retain row of the adapter run's
+    metrics.json when it covers the items evaluated here, else none (forget quality missing)."""
+    tofu = [b for b in benches if b.startswith(("tofu_", "toy_forget"))]
+    path = args.retain_logs
+    if not path and run_dir and tofu and os.path.exists(os.path.join(run_dir, "metrics.json")):
+        path = os.path.join(run_dir, "metrics.json")
+        if "retain" not in json.load(open(path)):
+            return None
+        print(f"retain reference: the retain row of {path}")
+    if not path or not tofu:
+        return None
+    b, split = tofu[0].split("_", 1)
+    n = len(load_split(f"{b}_{split}_perturbed", args.data_dir, s["seed"]))
+    return load_retain_logs(path, n, args.limit, s["eval_mask"])
+
+
 def write_json(path, obj):
-    """Atomic JSON write: a failed run never leaves half a file, nor overwrites a good one with one."""
+    """Atomic JSON write: a failed run never leaves half a file, nor overwrites a good one with one. NaN and
+    infinities, which JSON cannot hold, are written as null."""
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        return [clean(x) for x in v] if isinstance(v, (list, tuple)) else v
     with open(path + ".tmp", "w") as f:
-        json.dump(obj, f, indent=2, default=lambda v: None if isinstance(v, float) and math.isnan(v) else str(v))
+        json.dump(clean(obj), f, indent=2, allow_nan=False, default=str)
     os.replace(path + ".tmp", path)
 
 

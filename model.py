@@ -382,10 +382,12 @@ class GPT(nn.Module):
     def num_params(self):
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, idx, attention_mask=None, targets=None, cache=None, hidden_only=False):
+    def forward(self, idx, attention_mask=None, targets=None, cache=None, hidden_only=False, position_ids=None):
         """idx (B, T) token ids; attention_mask (B, S) with 1 for real tokens, S = cached + T (optional);
         targets (B, T) with -100 for ignored positions (optional). Returns logits (B, T, V) and the mean
-        cross-entropy (or None). `cache` is a list of [k, v] per layer, filled and extended in place."""
+        cross-entropy (or None). `cache` is a list of [k, v] per layer, filled and extended in place.
+        position_ids (B, T), optional, replace the positions derived from the mask (transformers' forward
+        without them uses 0..T-1 whatever the mask)."""
         B, T = idx.size()
         past = 0 if cache is None or cache[0][0] is None else cache[0][0].size(2)
         causal = torch.ones(T, past + T, dtype=torch.bool, device=idx.device).tril(past)  # (T, S): j <= past + i
@@ -397,8 +399,13 @@ class GPT(nn.Module):
             am = attention_mask.bool()
             pos = (am.long().cumsum(-1) - 1).clamp(min=0)[:, past:]  # (B, T)
             mask = causal[None] & am[:, None, :]  # (B, T, S)
-            mask |= (causal & ~causal.tril(past - 1))[None]  # the diagonal: a pad position sees itself, never nothing
+            # a masked key is hidden from its own query too (as in transformers); only a query that would see
+            # nothing (leading padding) sees itself, so attention never has an empty row
+            blind = ~mask.any(-1, keepdim=True)  # (B, T, 1)
+            mask |= blind & (causal & ~causal.tril(past - 1))[None]
             mask = mask[:, None]  # (B, 1, T, S)
+        if position_ids is not None:
+            pos = position_ids.expand(B, T)
         x = self.transformer.wte(idx)  # (B, T, C)
         rope = None
         if self.config.arch == "gpt2":

@@ -41,7 +41,8 @@ parser.add_argument("--retain-model", default=None, help="retain reference model
 parser.add_argument("--retain-logs", default=None, help="retain reference as eval logs (TOFU_EVAL.json or our metrics.json)")
 parser.add_argument("--method", default="alter", help="alter | asymlora | lora | npo | gd | ga | rmu")
 parser.add_argument("--data-dir", default=None, help="local mirror with the layout of ../shared/data (default: HF hub)")
-parser.add_argument("--limit", type=int, default=None, help="use only the first N records of every split (quick runs)")
+parser.add_argument("--limit", type=int, default=None, help="quick runs: only the first N records of the retain side "
+                    "(retain and general data) and of every evaluation set; a question-answer forget set stays whole")
 parser.add_argument("--authors", type=int, default=None,
                     help="TOFU on a budget: target and retain models see only N authors, the forget authors and the "
                          "first retain authors (20 QA each; README, 'real-model experiment')")
@@ -68,6 +69,8 @@ parser.add_argument("--gamma", type=float, default=1.0, help="weight of the reta
 parser.add_argument("--lam", type=float, default=0.01, help="weight of the structural-invariance KL term")
 parser.add_argument("--mu", type=float, default=1.0, help="weight of the routing cross-entropy")
 parser.add_argument("--no-phase1", action="store_true", help="skip Phase I (ablation)")
+parser.add_argument("--a-grad", default="exact", choices=["exact", "position"], help="isolation of the shared A: "
+                    "exact (gradient of the high-entropy terms alone) or position (detached at low-entropy tokens)")
 # --- RMU (anchors: the WMDP paper's defaults for Zephyr-7B, layer 7 of 32, scaled to the model)
 parser.add_argument("--rmu-layer", type=int, default=None, help="RMU's steered layer (default: 7/32 of the depth); "
                     "the down-projections of it and the two layers below train")
@@ -92,6 +95,8 @@ parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu) | 
 parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="autocast dtype (auto: bf16 on CUDA)")
 parser.add_argument("--eval", default="", help="extra benches to evaluate, comma-separated (see evaluate.py)")
 parser.add_argument("--eval-batch-size", type=int, default=32, help="sequences per evaluation forward")
+parser.add_argument("--eval-mask", default="ou", choices=["ou", "padding"], help="TOFU/MUSE attention mask: ou "
+                    "(open-unlearning's: every pad-id token masked, end-of-turn tokens in the prompt too) or padding")
 parser.add_argument("--per-subject", type=int, default=None, help="WMDP/MMLU: evaluate the first N questions of "
                                                                   "every subject")
 parser.add_argument("--system-prompt", default=None, help="override the chat template's system prompt")
@@ -127,12 +132,12 @@ RETAIN_OF = {"01": "99", "05": "95", "10": "90"}
 FORGET_AUTHORS = {"01": 2, "05": 10, "10": 20}  # TOFU: 20 questions per author
 # -----------------------------------------------------------------------------
 
-from alter import (AlterConfig, GatedLM, LossWeights, adapter_params, attach, cluster, layer_output,  # noqa: E402
-                   method_loss, rmu_setup, save_adapter, seq_logp, trainable_summary)
+from alter import (AlterConfig, GatedLM, LossWeights, a_loss, adapter_params, attach, backward, cluster,  # noqa: E402
+                   layer_output, method_loss, rmu_setup, save_adapter, seq_logp, trainable_summary)
 from data.batching import batch_indices, collate, encode_qa, encode_text  # noqa: E402
 from data.benchmarks import load_split, split_names  # noqa: E402
 from entropy import pad_profile, profile, threshold  # noqa: E402
-from evaluate import evaluate, forget_quality, load_retain_logs, print_table, privleak, write_json  # noqa: E402
+from evaluate import apply_reference, bench_splits, evaluate, load_retain_logs, print_table, write_json  # noqa: E402
 from model import GPT, TINY, GPTConfig, resolve_checkpoint  # noqa: E402
 from tokenizer import Tokenizer  # noqa: E402
 
@@ -160,10 +165,10 @@ def training_examples(bench, which, tok, args):
                  for r in load_split(n, args.data_dir)[:args.limit]]
         return encode_text(tok, texts, args.block_size)
     L = lambda name: load_split(f"{bench}_{name}", args.data_dir, args.seed)[:args.limit]
-    rows = L(which)
-    if args.authors:  # the retain authors' share of the N authors, plus (for the target) the forget authors
+    rows = load_split(f"{bench}_{which}", args.data_dir, args.seed)
+    if args.authors or args.limit:  # the retain side cut, and (for the target) every forget person kept
         pct = args.forget[-2:]
-        rows = retain_subset(L(f"retain{RETAIN_OF[pct]}"), args) + (L(f"forget{pct}") if which == "full" else [])
+        rows = retain_rows(bench, pct, args) + (forget_rows(bench, pct, args) if which == "full" else [])
     ex = encode_qa(tok, rows, system_prompt=args.system_prompt)
     if bench == "toy":
         ex += encode_qa(tok, L("real_authors") + L("world_facts"), system_prompt=args.system_prompt)
@@ -172,10 +177,20 @@ def training_examples(bench, which, tok, args):
     return ex
 
 
-def retain_subset(rows, args):
-    """--authors N: the first N - k retain authors of TOFU (k forget authors; TOFU keeps an author's 20
-    questions together, and its retain_perturbed eval set is the first 400 retain questions)."""
-    return rows[:20 * (args.authors - FORGET_AUTHORS[args.forget[-2:]])] if args.authors else rows
+def retain_rows(bench, pct, args):
+    """The retain question-answer records: --authors N keeps the first N - k retain authors of TOFU (k forget
+    authors; TOFU keeps an author's 20 questions together, and its retain_perturbed eval set is the first 400
+    retain questions); --limit N the first N records."""
+    rows = load_split(f"{bench}_retain{RETAIN_OF[pct]}", args.data_dir, args.seed)
+    if args.authors:
+        rows = rows[:20 * (args.authors - FORGET_AUTHORS[pct])]
+    return rows[:args.limit]
+
+
+def forget_rows(bench, pct, args):
+    """The forget set's question-answer records, always whole: --limit never cuts away what is to be forgotten
+    (the forget people are the last rows of `full`, so `full[:N]` would hold none of them)."""
+    return load_split(f"{bench}_forget{pct}", args.data_dir, args.seed)
 
 
 def finetune(model, examples, epochs, lr, batch_size, seed, device, ctx, desc):
@@ -206,15 +221,26 @@ def finetune(model, examples, epochs, lr, batch_size, seed, device, ctx, desc):
     return model
 
 
-def cached_finetune(name, bench, which, tok, args, device, ctx):
-    """Fine-tune --model on a corpus once; later runs load it from the cache."""
-    tag = f"{bench}-{which}-{os.path.basename(args.model.rstrip('/'))}-s{args.seed}-e{args.ft_epochs}-lr{args.ft_lr}" + \
-        (f"-n{args.limit}" if args.limit else "") + (f"-a{args.authors}" if args.authors else "")
-    path = os.path.join(args.cache, tag)
+def settings_key(*settings):
+    """A short hash of everything that makes a cached artifact what it is."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def model_id(name):
+    """A checkpoint's identity for cache keys: the absolute path of a local directory, else the hub id."""
+    return os.path.abspath(name) if os.path.isdir(name) else name
+
+
+def cached_finetune(name, bench, which, tok, args, device, ctx, dtype):
+    """Fine-tune --model on a corpus once; later runs load it from the cache. The cache key hashes the model,
+    the token ids of every training example (so the data source, --limit/--authors, the prompt format and
+    system prompt) and every fine-tuning setting."""
+    examples = training_examples(bench, which, tok, args)
+    key = settings_key(model_id(args.model), examples, args.ft_epochs, args.ft_lr, args.ft_batch_size, args.seed, dtype)
+    path = os.path.join(args.cache, f"{bench}-{which}-{os.path.basename(args.model.rstrip('/'))}-{key}")
     if RANK == 0 and not os.path.exists(os.path.join(path, "config.json")):
         torch.manual_seed(args.seed)
         model = GPT(GPTConfig(**TINY)) if args.model == "tiny" else GPT.from_pretrained(args.model)
-        examples = training_examples(bench, which, tok, args)
         log0(f"fine-tuning the {name} model on {bench}_{which}: {len(examples)} examples, "
              f"{sum(len(e[0]) for e in examples)} tokens, {args.ft_epochs} epochs")
         finetune(model.to(device), examples, args.ft_epochs, args.ft_lr, args.ft_batch_size, args.seed, device, ctx, name)
@@ -234,9 +260,11 @@ def barrier():
         torch.distributed.barrier()
 
 
-def sync_grads(params):
-    """Data parallelism by hand: average the gradients over processes. A parameter no process used keeps
-    grad None, so the optimizer skips it exactly as in a single process."""
+def sync_grads(params, active=True):
+    """Data parallelism by hand: average the gradients over the processes that had examples (`active`). A
+    parameter no process used keeps grad None, so the optimizer skips it exactly as in a single process."""
+    n = torch.tensor([float(active)])
+    torch.distributed.all_reduce(n)
     for p in params:
         used = torch.tensor([float(p.grad is not None)])
         torch.distributed.all_reduce(used)
@@ -244,7 +272,7 @@ def sync_grads(params):
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
             torch.distributed.all_reduce(p.grad)
-            p.grad /= WORLD
+            p.grad /= n.item()
 
 
 def shard(idx):
@@ -254,16 +282,37 @@ def shard(idx):
 # -----------------------------------------------------------------------------
 
 
-def main(args):
-    # --- check the request before any work
+# the valid range of every numeric flag (None, a flag's unset default, is always valid)
+AT_LEAST = {1: ("epochs", "rank", "n_experts", "batch_size", "ft_batch_size", "eval_batch_size", "log_every", "limit",
+                "eval_limit", "authors", "per_subject"),
+            2: ("block_size",),
+            0: ("phase1_epochs", "ft_epochs", "stop_after", "beta", "gamma", "lam", "mu", "rmu_alpha", "rmu_layer")}
+POSITIVE = ("q", "lr_a", "lr_b", "lr", "ft_lr", "rmu_lr", "alpha", "tau_high", "tau_low", "rmu_steer")
+
+
+def check_args(args):
+    """Every flag checked before any work: one message and exit code 2 for the first bad one."""
     if args.method not in METHODS:
         fail(f"unknown method {args.method!r}; valid: {', '.join(METHODS)}")
     if args.forget not in FORGETS:
         what = "a split but not a forget set" if args.forget in split_names() else "not a forget set"
         fail(f"{args.forget!r} is {what}; valid: {', '.join(FORGETS)}")
-    for k in ("limit", "eval_limit", "authors"):
-        if getattr(args, k) is not None and getattr(args, k) < 1:
-            fail(f"--{k.replace('_', '-')} must be at least 1, got {getattr(args, k)}")
+    flag = lambda k: "--" + k.replace("_", "-")
+    for low, names in AT_LEAST.items():
+        for k in names:
+            if getattr(args, k) is not None and getattr(args, k) < low:
+                fail(f"{flag(k)} must be at least {low}, got {getattr(args, k)}")
+    for k in POSITIVE:
+        v = getattr(args, k)
+        if v is not None and not v > 0:  # also rejects nan
+            fail(f"{flag(k)} must be greater than 0, got {v}")
+    if args.theta_quantile is not None and not 0 < args.theta_quantile < 1:
+        fail(f"--theta-quantile must be between 0 and 1, got {args.theta_quantile}")
+
+
+def main(args):
+    # --- check the request before any work
+    check_args(args)
     text = args.forget in TEXT_FORGETS  # text forgetting (every token a training position) or question-answer pairs
     bench = args.forget.split("_")[0]  # toy | tofu | wmdp | muse
     pct = args.forget[-2:] if not text else "10"  # toy_text forgets the toy_forget10 people
@@ -295,6 +344,9 @@ def main(args):
             fail(f"{out} already holds this finished run; pass --resume to re-evaluate it or --overwrite to redo it")
     if args.resume and not os.path.exists(os.path.join(out, "checkpoint.pt")):
         fail(f"--resume: no checkpoint in {out}")
+    benches = (TEXT_FORGETS[args.forget][2] if text else [args.forget] + (["toy_mc", "toy_muse"] if bench == "toy" else [])) \
+        + [b for b in args.eval.split(",") if b]
+    retain_logs = preflight(args, bench, pct, text, benches)
 
     # --- device, dtype, seeds
     if WORLD > 1:
@@ -324,30 +376,26 @@ def main(args):
     elif bench == "wmdp":  # WMDP unlearns what a pretrained model knows: the target is the model itself
         target = GPT.from_pretrained(args.model).to(device).eval()
     else:
-        target = cached_finetune("target", corpus, "full", tok, args, device, ctx)
+        target = cached_finetune("target", corpus, "full", tok, args, device, ctx, dtype)
     retain = None
     if args.retain_model:
         retain = GPT.from_pretrained(args.retain_model).to(device).eval()
     elif not args.retain_logs and bench != "wmdp" and not (bench == "muse" and args.target):
-        retain = cached_finetune("retain", corpus, which, tok, args, device, ctx)
+        retain = cached_finetune("retain", corpus, which, tok, args, device, ctx, dtype)
     t_models = time.time() - t_start
-    L = lambda name: load_split(f"{bench}_{name}", args.data_dir, args.seed)[:args.limit]
 
-    # --- evaluation of the target and the retain reference (cached), before the target is changed
-    benches = (TEXT_FORGETS[args.forget][2] if text else [args.forget] + (["toy_mc", "toy_muse"] if bench == "toy" else [])) \
-        + [b for b in args.eval.split(",") if b]
+    # --- evaluation of the target and the retain reference (cached), before the target is changed.
+    # The reference (the retain model's results, or its logs) sets forget quality and PrivLeak of every row
     ev = lambda lm, ref=None: evaluate(lm, tok, benches, args.data_dir, args.eval_limit, ref, 0, args.eval_batch_size,
-                                       device, pct, args.per_subject, seed=args.seed)
-    rows, reference = {}, None
+                                       device, pct, args.per_subject, seed=args.seed, mask_rule=args.eval_mask)
+    rows, reference = {}, retain_logs
     if RANK == 0:
         with ctx:
             if retain is not None:
-                rows["retain"] = cached_eval(retain, ev, benches, args)
-                reference = rows["retain"].get("forget_truth_ratio_by_item")
-            elif args.retain_logs:
-                reference = load_retain_logs(args.retain_logs, len(L(f"forget{pct}_perturbed")))
-            reference = np.array(reference) if reference is not None else None
-            rows["target"] = cached_eval(target, ev, benches, args, reference)
+                rows["retain"] = reference = cached_eval(retain, ev, benches, args, dtype)
+            rows["target"] = cached_eval(target, ev, benches, args, dtype)
+            for row in rows.values():
+                apply_reference(row, reference)
     barrier()
 
     # --- 3: unlearning data
@@ -356,8 +404,8 @@ def main(args):
         T = lambda name: [r["text"] for r in (corpora.get(name) or load_split(name, args.data_dir, args.seed))[:args.limit]]
         forget_ex, retain_ex = encode_text(tok, T(f_name), args.block_size), encode_text(tok, T(r_name), args.block_size)
     else:
-        forget_ex = encode_qa(tok, L(f"forget{pct}"), system_prompt=args.system_prompt)
-        retain_ex = encode_qa(tok, retain_subset(L(f"retain{RETAIN_OF[pct]}"), args), system_prompt=args.system_prompt)
+        forget_ex = encode_qa(tok, forget_rows(bench, pct, args), system_prompt=args.system_prompt)
+        retain_ex = encode_qa(tok, retain_rows(bench, pct, args), system_prompt=args.system_prompt)
     if not forget_ex or not retain_ex:
         fail(f"empty forget ({len(forget_ex)}) or retain ({len(retain_ex)}) set")
     unit = f"windows of <= {args.block_size} tokens" if text else "examples"
@@ -424,7 +472,7 @@ def main(args):
             b["high"] = (pad_profile(items, "H", b["x"].size(1)) > theta).to(device)
             b["top_ids"] = torch.cat([it["top_ids"] for it in items]).to(device)
             b["top_logp"] = torch.cat([it["top_logp"] for it in items]).to(device)
-            b["gate"] = args.train_gate
+            b["gate"], b["a_grad"] = args.train_gate, args.a_grad
         if args.method == "npo":
             b["ref_logp"] = torch.cat([extras["ref"][fidx], torch.zeros(len(ridx))]).to(device)
         if args.method == "rmu":
@@ -464,20 +512,23 @@ def main(args):
             for fidx in tqdm(batch_indices(len(forget_ex), args.batch_size, args.seed, epoch_global),
                              desc=f"phase {phase} epoch {epoch_global}", leave=False, disable=None):
                 ridx = [rng.randrange(len(retain_ex)) for _ in fidx]
-                b = make_batch(shard(fidx), shard(ridx), phase)
                 ts = time.time()
-                with ctx:
-                    loss, parts = method_loss(args.method, phase, model, b, w)
-                if not torch.isfinite(loss):
-                    fail(f"phase {phase} epoch {epoch_global} step {step}: loss is {loss.item()} "
-                         f"({ {k: round(v.item(), 4) for k, v in parts.items()} }); stopped. The last good "
-                         f"checkpoint (epoch {epoch_global - 1}) is kept in {out}")
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                if shard(fidx):  # with torchrun, a last batch smaller than the world leaves some ranks nothing
+                    b = make_batch(shard(fidx), shard(ridx), phase)
+                    with ctx:
+                        loss, parts = method_loss(args.method, phase, model, b, w)
+                    if not torch.isfinite(loss):
+                        fail(f"phase {phase} epoch {epoch_global} step {step}: loss is {loss.item()} "
+                             f"({ {k: round(v.item(), 4) for k, v in parts.items()} }); stopped. The last good "
+                             f"checkpoint (epoch {epoch_global - 1}) is kept in {out}")
+                    # ALTER's Phase II: A's gradient from the high-entropy terms alone (Phase I's loss is all of them)
+                    exact = args.method == "alter" and phase == 2 and args.a_grad == "exact"
+                    backward(model, loss, a_loss(parts, phase, w) if exact else None)
                 if WORLD > 1:
-                    sync_grads([p for p in model.parameters() if p.requires_grad])
+                    sync_grads([p for p in model.parameters() if p.requires_grad], active=bool(shard(fidx)))
                 opt.step()
-                if step % args.log_every == 0:
+                if step % args.log_every == 0 and shard(fidx):
                     named = ", ".join(f"{k} {v.item():.3f}" for k, v in parts.items())
                     lrs = "/".join(f"{g['lr']:.0e}" for g in opt.param_groups)
                     log0(f"phase {phase} epoch {epoch_global} step {step:04d} | loss {loss.item():.3f} ({named}) "
@@ -486,7 +537,7 @@ def main(args):
             t_train += time.time() - t0
             model.eval()
             if RANK == 0:  # the product after every epoch (atomic writes), and a checkpoint to resume from
-                save_product(model, args, out, theta)
+                save_product(model, args, out, theta, benches)
                 torch.save({"epoch": epoch_global, "train_seconds": t_train, "optimizer": opt.state_dict(),
                             "trainable": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}},
                            os.path.join(out, "checkpoint.pt.tmp"))
@@ -499,12 +550,8 @@ def main(args):
     with ctx:
         if hasattr(model, "alter_state"):
             model.alter_state.set("router")
-        gate = "router" if args.method == "asymlora" else args.gate  # AsymLoRA: dense router, no entropy
-        lm = GatedLM(model, args.q, theta, gate) if args.method in ("alter", "asymlora") else model
+        lm = GatedLM(model, args.q, theta, inference_gate(args)) if hasattr(model, "alter_state") else model
         rows[args.method], items = ev(lm, reference)
-    if "retain" in rows and "muse_privleak_auc" in rows["retain"]:  # MUSE's PrivLeak: relative to the retain model
-        for r in rows.values():
-            r["muse_privleak"] = privleak(r["muse_privleak_auc"], rows["retain"]["muse_privleak_auc"])
     rows[args.method].update(train_seconds=round(t_train, 1), trainable_params=n_trainable,
                              model_seconds=round(t_models, 1), total_seconds=round(time.time() - t_start, 1))
     write_json(os.path.join(out, "metrics.json"), {"unlearned": rows[args.method], "target": rows["target"],
@@ -528,23 +575,32 @@ QA_KEYS = ["forget_quality", "model_utility", "forget_truth_ratio", "forget_Q_A_
            "retain_Q_A_ROUGE", "privleak"]
 
 
-def cached_eval(model, ev, benches, args, reference=None):
-    """Evaluate a target or retain model once per (checkpoint, benches, limit); later runs read the result.
-    Forget quality is recomputed against the given reference."""
-    key = hashlib.sha256(json.dumps([model.source if hasattr(model, "source") else "", benches, args.eval_limit,
-                                     args.data_dir, args.seed] + ([args.per_subject] if args.per_subject else []))
-                         .encode()).hexdigest()[:12]
+def cached_eval(model, ev, benches, args, dtype):
+    """Evaluate a target or retain model once per (checkpoint, every evaluation setting); later runs read the
+    result. Its forget quality and PrivLeak are then set against the reference by the caller."""
+    key = settings_key(model_id(model.source), benches, args.eval_limit, args.data_dir and os.path.abspath(args.data_dir),
+                       args.seed, args.per_subject, args.system_prompt, dtype, args.eval_mask, args.eval_batch_size)
     path = os.path.join(args.cache, f"eval-{key}.json")
     if os.path.exists(path):
-        res = json.load(open(path))
-    else:
-        res, _ = ev(model)
-        os.makedirs(args.cache, exist_ok=True)
-        write_json(path, res)
-    if "forget_truth_ratio_by_item" in res:  # TOFU-like benches; the reference itself has forget quality 1
-        tr = np.array(res["forget_truth_ratio_by_item"])
-        res["forget_quality"] = forget_quality(tr, reference) if reference is not None else 1.0
+        return json.load(open(path))
+    res, _ = ev(model)
+    os.makedirs(args.cache, exist_ok=True)
+    write_json(path, res)
     return res
+
+
+def preflight(args, bench, pct, text, benches):
+    """Load and check every split the run reads before any model is loaded or trained, so that a malformed
+    file fails in seconds rather than after hours of fine-tuning. Returns the retain logs, if any."""
+    names = [] if text else [f"{bench}_{s}" for s in ("full", f"retain{RETAIN_OF[pct]}", f"forget{pct}")]
+    if bench == "toy":  # WMDP's and MUSE's corpora were read by load_corpora
+        names += ["toy_real_authors", "toy_world_facts", "toy_bio"] + list(TEXT_FORGETS["toy_text"][:2])
+    for name in dict.fromkeys(names + [n for b in benches for n in bench_splits(b, pct)]):
+        load_split(name, args.data_dir, args.seed)
+    if not args.retain_logs:
+        return None
+    n = len(load_split(f"{bench}_forget{pct}_perturbed", args.data_dir, args.seed))
+    return load_retain_logs(args.retain_logs, n, args.eval_limit, args.eval_mask)
 
 
 def load_corpora(args):
@@ -564,10 +620,20 @@ def load_corpora(args):
     return corpora
 
 
-def save_product(model, args, out, theta):
-    """The adapter (with theta and q in its header) or, for full-parameter methods, the whole model."""
+def inference_gate(args):
+    """ALTER routes by --gate; AsymLoRA by its dense router (no entropy); plain LoRA has one expert."""
+    return args.gate if args.method == "alter" else "router"
+
+
+def save_product(model, args, out, theta, benches):
+    """The adapter or, for full-parameter methods, the whole model. The adapter's header carries what
+    evaluate.py needs to run it as this run did: the gate, q, the theta actually used (often the quantile
+    fallback), the prompt and evaluation settings, and the base model it was trained on."""
     if hasattr(model, "alter_config"):
-        save_adapter(model, os.path.join(out, "adapter.safetensors"), {"theta": theta, "q": args.q})
+        run = dict(q=args.q, theta=theta, gate=inference_gate(args), seed=args.seed, system_prompt=args.system_prompt,
+                   eval_mask=args.eval_mask, base_model=model.source, benches=benches, eval_limit=args.eval_limit,
+                   per_subject=args.per_subject)
+        save_adapter(model, os.path.join(out, "adapter.safetensors"), {"run": json.dumps(run)})
     else:
         model.save_pretrained(os.path.join(out, "model"))
 

@@ -87,6 +87,7 @@ def _splits():
 
 
 SPLITS = _splits()
+WMDP_SUBJECT = {"wmdp-bio": "biology", "wmdp-cyber": "cybersecurity", "wmdp-chem": "chemistry"}
 
 # -----------------------------------------------------------------------------
 # loading
@@ -119,6 +120,9 @@ def load_split(name, data_dir=None, seed=0):
     src = SPLITS[name]
     where = os.path.join(data_dir, src.local) if data_dir else f"hub {src.repo} ({src.config}, split {src.split})"
     rows, lines = _load_local(name, src, data_dir) if data_dir else (_load_hub(src), None)
+    if src.repo == "cais/wmdp":  # WMDP's records have no subject; lm-eval's prompt names the domain
+        for r in rows:
+            r.setdefault("subject", WMDP_SUBJECT[src.config])
     if not rows:
         raise ValueError(f"split {name} is empty ({where})")
     for i, r in enumerate(rows):
@@ -170,10 +174,6 @@ def _load_local(name, src, data_dir):
                     raise ValueError(f"{path}, line {k}: not valid JSON ({e})") from None
                 lines.append(k)
     rows = [r if isinstance(r, dict) else {"text": r} for r in rows]  # privleak/raw mirrors hold bare strings
-    if src.repo.startswith("cais/wmdp") and src.fields == MC:
-        dom = src.config.removeprefix("wmdp-")
-        for r in rows:
-            r.setdefault("subject", {"bio": "biology", "cyber": "cybersecurity", "chem": "chemistry"}[dom])
     return rows, lines
 
 

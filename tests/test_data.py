@@ -74,8 +74,11 @@ def test_hub_requests_for_every_name(monkeypatch, shared_data):
             assert calls[0] == HUB[name]
         if name in ("tofu_forget10_perturbed", "muse_news_knowmem_forget_qa", "wmdp_bio"):
             local = load_split(name, data_dir=str(shared_data))
-            strip = lambda rs: [{k: v for k, v in r.items() if k != "subject"} for r in rs]
-            assert strip(rows) == strip(local), f"{name}: hub and mirror records differ"
+            assert rows == local, f"{name}: hub and mirror records differ"  # WMDP's subject included
+    # the hub's WMDP records (served above without a subject) get lm-eval's domain name and make a prompt
+    from evaluate import mc_prompt
+    assert mc_prompt(load_split("wmdp_cyber")[0]).startswith("The following are multiple choice questions "
+                                                             "(with answers) about cybersecurity.")
     assert len({(s.repo, s.config, s.split) for s in SPLITS.values()}) == len(SPLITS)
 
 

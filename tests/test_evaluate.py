@@ -131,3 +131,111 @@ def test_toy_evaluation_follows_the_data_seed():
     asked = [it["question"] for it in items if it["set"] == "forget"]
     assert asked == [r["question"] for r in load_split("toy_forget10_perturbed", seed=1)[:2]]
     assert asked != [r["question"] for r in load_split("toy_forget10_perturbed", seed=0)[:2]]
+
+# -----------------------------------------------------------------------------
+# the "ou" mask rule against transformers run as open-unlearning runs it: attention_mask = ids != pad (pad = EOS)
+
+
+class IdsTok:
+    """The slice of Tokenizer that evaluate.generate uses, for a toy vocabulary: ids decode to themselves."""
+
+    def __init__(self, eos_id):
+        self.eos_id = self.pad_id = eos_id
+
+    def decode(self, ids):
+        return " ".join(map(str, ids))
+
+
+def eos_inside_batch(eos):
+    """(ids, n_prompt) examples whose prompts hold end-of-turn tokens (= pad) as chat prompts do, and whose
+    labelled spans end "<eos> x <eos>" as SmolLM2's do; lengths differ, so the batch is right-padded."""
+    g = torch.Generator().manual_seed(5)
+    body = lambda n: torch.randint(3, 99, (n,), generator=g).tolist()
+    prompts = [body(4) + [eos] + body(3) + [eos] + body(2), body(6) + [eos] + body(5), body(3) + [eos] + body(1)]
+    answers = [body(4) + [eos] + body(1) + [eos], body(2) + [eos] + body(1) + [eos], body(7) + [eos] + body(1) + [eos]]
+    return [(p + a, len(p)) for p, a in zip(prompts, answers)], prompts
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_ou_mask_scoring_and_generation_match_transformers(arch, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from evaluate import generate, token_logps
+    from model import GPT
+    torch.manual_seed(0)
+    if arch == "llama":
+        cfg = transformers.LlamaConfig(vocab_size=101, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
+                                       num_attention_heads=6, num_key_value_heads=2, bos_token_id=1, eos_token_id=2)
+        hf = transformers.LlamaForCausalLM(cfg).eval()
+    else:
+        cfg = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=101, n_positions=64,
+                                      bos_token_id=2, eos_token_id=2)
+        hf = transformers.GPT2LMHeadModel(cfg).eval()
+    hf.save_pretrained(tmp_path)
+    ours = GPT.from_pretrained(str(tmp_path), verbose=False).eval()
+    pad = 2
+    examples, prompts = eos_inside_batch(pad)
+
+    # scoring: right-padded batch, positions 0..T-1 (transformers' default), EOS = pad masked everywhere
+    T = max(len(ids) for ids, _ in examples)
+    ids = torch.tensor([e + [pad] * (T - len(e)) for e, _ in examples])
+    with torch.no_grad():
+        logp = torch.log_softmax(hf(ids, attention_mask=(ids != pad).long()).logits.float(), -1)
+    ref = [torch.stack([logp[b, t - 1, e[t]] for t in range(n, len(e))]) for b, (e, n) in enumerate(examples)]
+    got = token_logps(ours, examples, pad, mask_rule="ou")
+    diff = max((r - g).abs().max().item() for r, g in zip(ref, got))
+    assert diff <= 1e-5, f"{arch}: max |log-prob diff| {diff:.2e}"
+    padding_only = token_logps(ours, examples, pad, mask_rule="padding")
+    assert max((r - g).abs().max().item() for r, g in zip(ref, padding_only)) > 1e-3, "the rules agree on this batch"
+
+    # generation: left-padded prompts, attention_mask = ids != pad, positions from generate (cumsum of the mask)
+    from data.batching import collate_prompts
+    x, _ = collate_prompts(prompts, pad)
+    hf.generation_config.eos_token_id = None
+    new = hf.generate(x, attention_mask=(x != pad).long(), max_new_tokens=12, do_sample=False, eos_token_id=[pad],
+                      pad_token_id=pad)[:, x.size(1):].tolist()
+    ref_gen = [" ".join(map(str, row[:row.index(pad)] if pad in row else row)) for row in new]
+    tok = IdsTok(pad)
+    assert generate(ours, tok, prompts, 12, mask_rule="ou") == ref_gen
+    assert generate(ours, tok, prompts, 12, mask_rule="padding") != ref_gen, "the rules agree on this batch"
+
+
+def test_ou_mask_tofu_probability_and_truth_ratio_match_transformers(smollm2_dir, shared_data):
+    """Real SmolLM2 and TOFU forget01: per-item answer probability and truth ratio as open-unlearning computes
+    them with transformers (fp32, attention_mask = ids != pad, labels -100 on the prompt, mean token NLL)."""
+    transformers = pytest.importorskip("transformers")
+    from data.batching import encode_qa
+    from data.benchmarks import load_split
+    from evaluate import avg_nll, token_logps
+    from model import GPT
+    from tokenizer import Tokenizer
+    rows = load_split("tofu_forget01_perturbed", str(shared_data))[:3]
+    tok = Tokenizer.from_pretrained(str(smollm2_dir))
+    ours = GPT.from_pretrained(str(smollm2_dir), verbose=False).eval()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval()
+    pad = tok.pad_id
+
+    def hf_nll(examples):
+        T = max(len(ids) for ids, _ in examples)
+        ids = torch.tensor([e + [pad] * (T - len(e)) for e, _ in examples])
+        labels = ids.clone()
+        for b, (e, n) in enumerate(examples):
+            labels[b, :n] = labels[b, len(e):] = -100
+        with torch.no_grad():
+            logits = hf(ids, attention_mask=(ids != pad).long()).logits.double()
+        # log-softmax in fp64: fp32 cross_entropy over the (B, V, T) view is off by ~1e-4 per item on CPU
+        logp = torch.log_softmax(logits[:, :-1], -1).gather(2, labels[:, 1:].clamp(min=0)[..., None])[..., 0]
+        keep = labels[:, 1:] != -100
+        return (-(logp * keep).sum(1) / keep.sum(1)).numpy()
+
+    nll = {}
+    for key in ("answer", "paraphrased_answer", "perturbed_answer"):
+        ex = encode_qa(tok, rows, key)
+        assert any(pad in ids[:n] for ids, n in ex), "the prompts hold EOS = pad tokens"
+        nll[key] = (avg_nll(token_logps(ours, ex, pad, mask_rule="ou")), hf_nll(ex))
+        if key == "answer":
+            padding_only = avg_nll(token_logps(ours, ex, pad, mask_rule="padding"))
+            assert np.abs(padding_only - nll[key][1]).max() > 1e-3, "the rules agree on these items"
+    got_prob, ref_prob = np.exp(-nll["answer"][0]), np.exp(-nll["answer"][1])
+    assert np.allclose(got_prob, ref_prob, rtol=1e-4, atol=0), (got_prob, ref_prob)
+    tr = [truth_ratio(nll["paraphrased_answer"][i], nll["perturbed_answer"][i].reshape(len(rows), -1)) for i in (0, 1)]
+    assert np.allclose(tr[0], tr[1], rtol=1e-4, atol=0), tr

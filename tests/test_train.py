@@ -6,7 +6,6 @@ Run: python -m pytest -q tests/test_train.py
 """
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -38,10 +37,14 @@ def cache(tmp_path_factory):
 
 
 def test_resume_equals_uninterrupted_and_same_seed_same_metrics(tmp_path, cache):
-    a, b, c = (str(tmp_path / n) for n in "abc")
+    a, b, c, d = (str(tmp_path / n) for n in "abcd")
     run(QUICK + ["--out", a], cache)
-    run(QUICK + ["--out", b], cache)
+    r = run(QUICK + ["--out", b], cache)
     assert metrics(a) == metrics(b), "two runs with the same seed differ"
+    assert "fine-tuning" not in r.stdout  # the second run reads target and retain models from the cache
+    # any setting that changes a cached model makes a new one: here the fine-tuning batch size
+    r = run(QUICK + ["--out", d, "--ft-batch-size", "8", "--stop-after", "0", "--eval-limit", "1"], cache)
+    assert "fine-tuning the target model" in r.stdout and "fine-tuning the retain model" in r.stdout
     # interrupted after Phase I and the first Phase II epoch, then resumed
     r = run(QUICK + ["--out", c, "--stop-after", "2"], cache)
     assert "stopping after epoch 2" in r.stdout and not os.path.exists(os.path.join(c, "metrics.json"))
@@ -76,12 +79,14 @@ def test_hub_layout_checkpoint_and_real_tofu(tmp_path, cache, shared_data):
 def test_torchrun_two_processes(tmp_path, cache):
     out = str(tmp_path / "ddp")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "train.py", *QUICK,
+    # 24 forget examples in batches of 23: the last batch holds one, so one process gets none
+    args = QUICK + ["--batch-size", "23"]
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "train.py", *args,
                         "--out", out, "--cache", str(cache)], cwd=ROOT, capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert "2 process(es)" in r.stdout
     single = str(tmp_path / "single")
-    run(QUICK + ["--out", single], cache)
+    run(args + ["--out", single], cache)
     # each process takes half of every batch and gradients are averaged: the same updates up to how the
     # per-process means weigh tokens, so the metrics agree closely but not bit for bit
     a, b = metrics(out)["unlearned"], metrics(single)["unlearned"]
@@ -109,6 +114,81 @@ def test_bad_input(tmp_path, cache):
     # a run folder holding another config is not overwritten
     r = run(QUICK + ["--out", out, "--rank", "4"], cache, check=False)
     assert r.returncode == 2 and "holds a run with another config" in r.stderr and "'rank': (8, 4)" in r.stderr
+
+
+# ALTER on a few people, long enough that the target knows the forget people and ALTER visibly forgets them
+DIRECTION = ["--forget", "toy_forget10", "--model", "tiny", "--limit", "12", "--ft-epochs", "30", "--epochs", "8",
+             "--lr-b", "1.5e-3", "--log-every", "1000"]
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory, cache):
+    out = str(tmp_path_factory.mktemp("direction") / "run")
+    run(DIRECTION + ["--out", out], cache)
+    return out
+
+
+def test_alter_forgets_the_forget_people_and_keeps_the_rest(toy_run):
+    """The direction of unlearning: the target knows the forget people (which --limit keeps whole), ALTER
+    takes their answers away and keeps the retain answers; this fails when the unlearning step does nothing."""
+    m = json.load(open(os.path.join(toy_run, "metrics.json")))
+    t, r, u = m["target"], m["retain"], m["unlearned"]
+    assert t["forget_Q_A_Prob"] > 10 * r["forget_Q_A_Prob"] and t["forget_Q_A_ROUGE"] > 0.6, (t, r)
+    assert u["forget_Q_A_Prob"] < 0.5 * t["forget_Q_A_Prob"], (t["forget_Q_A_Prob"], u["forget_Q_A_Prob"])
+    assert u["forget_Q_A_ROUGE"] < 0.5 * t["forget_Q_A_ROUGE"], (t["forget_Q_A_ROUGE"], u["forget_Q_A_ROUGE"])
+    assert u["retain_Q_A_ROUGE"] >= t["retain_Q_A_ROUGE"] - 0.15, (t["retain_Q_A_ROUGE"], u["retain_Q_A_ROUGE"])
+    # PrivLeak and forget quality are relative to the retain model (open-unlearning): 0 and 1 for itself
+    assert r["privleak"] == 0.0 and r["forget_quality"] == 1.0 and t["privleak"] < 0
+
+
+def test_evaluate_reproduces_the_run(toy_run):
+    """evaluate.py on the run's adapter, with no flag but --adapter, gives the numbers train.py wrote: the gate,
+    q, theta (here the absolute 1.2 or a quantile fallback), seed, mask rule, base model, benches and items all
+    come from the adapter's header, and the retain reference from the run's metrics.json."""
+    r = subprocess.run([sys.executable, "evaluate.py", "--adapter", toy_run], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    want = json.load(open(os.path.join(toy_run, "metrics.json")))["unlearned"]
+    got = json.load(open(os.path.join(toy_run, "eval", "metrics.json")))
+    keys = [k for k, v in want.items() if isinstance(v, float) and not k.endswith("seconds")]
+    assert len(keys) > 20 and "forget_quality" in keys and "privleak" in keys
+    for k in keys:
+        assert abs(got[k] - want[k]) <= 1e-6, (k, got[k], want[k])
+
+
+def test_bad_numbers_are_refused_before_any_work(capsys):
+    import train
+    cases = [("--epochs", "-1", "--epochs must be at least 1"), ("--rank", "0", "--rank must be at least 1"),
+             ("--lr-b", "0", "--lr-b must be greater than 0"), ("--lr", "-1e-5", "--lr must be greater than 0"),
+             ("--q", "0", "--q must be greater than 0"), ("--limit", "0", "--limit must be at least 1"),
+             ("--eval-limit", "0", "--eval-limit must be at least 1"), ("--batch-size", "0", "--batch-size must be"),
+             ("--n-experts", "0", "--n-experts must be at least 1"), ("--ft-epochs", "-2", "--ft-epochs must be at "
+                                                                                         "least 0"),
+             ("--theta-quantile", "1.5", "--theta-quantile must be between 0 and 1"), ("--lam", "-1", "--lam must be"),
+             ("--tau-low", "0", "--tau-low must be greater than 0"), ("--block-size", "1", "--block-size must be at "
+                                                                                          "least 2")]
+    for flag, value, message in cases:
+        with pytest.raises(SystemExit) as e:
+            train.check_args(train.parser.parse_args([f"{flag}={value}"]))
+        assert e.value.code == 2 and message in capsys.readouterr().err, flag
+    train.check_args(train.parser.parse_args([]))  # the defaults pass
+
+
+def test_malformed_split_fails_before_fine_tuning(tmp_path, cache, shared_data):
+    """A local mirror whose forget01.json has one broken line: the run stops at once, naming the file and the
+    line, before any model is fine-tuned (it would otherwise train the target on all 4,000 questions first)."""
+    from model import GPT, GPTConfig, TINY
+    GPT(GPTConfig(**{**TINY, "n_layer": 1, "n_embd": 32, "n_head": 2})).save_pretrained(tmp_path / "ckpt")
+    (tmp_path / "data" / "tofu").mkdir(parents=True)
+    for f in (shared_data / "tofu").iterdir():
+        os.symlink(f, tmp_path / "data" / "tofu" / f.name)
+    lines = (shared_data / "tofu" / "forget01.json").read_text().splitlines()
+    lines[6] = lines[6][:-5]  # a truncated record
+    (tmp_path / "data" / "tofu" / "forget01.json").unlink()
+    (tmp_path / "data" / "tofu" / "forget01.json").write_text("\n".join(lines) + "\n")
+    r = run(["--forget", "tofu_forget01", "--model", str(tmp_path / "ckpt"), "--data-dir", str(tmp_path / "data"),
+             "--out", str(tmp_path / "run")], cache, check=False)
+    assert r.returncode == 2 and "forget01.json, line 7: not valid JSON" in r.stderr, r.stderr[-2000:]
+    assert "fine-tuning" not in r.stdout and "Traceback" not in r.stderr
 
 
 def text_mirror(root, shared):
