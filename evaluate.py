@@ -556,17 +556,21 @@ def retain_reference(args, benches, s, run_dir):
     """The retain reference for TOFU metrics: --retain-logs, else the retain row of the adapter run's
     metrics.json when it covers the items evaluated here, else none (forget quality missing)."""
     tofu = [b for b in benches if b.startswith(("tofu_", "toy_forget"))]
-    path = args.retain_logs
-    if not path and run_dir and tofu and os.path.exists(os.path.join(run_dir, "metrics.json")):
-        path = os.path.join(run_dir, "metrics.json")
-        if "retain" not in json.load(open(path)):
-            return None
-        print(f"retain reference: the retain row of {path}")
-    if not path or not tofu:
+    if not tofu:
         return None
     b, split = tofu[0].split("_", 1)
     n = len(load_split(f"{b}_{split}_perturbed", args.data_dir, s["seed"]))
-    return load_retain_logs(path, n, args.limit, s["eval_mask"])
+    if args.retain_logs:
+        return load_retain_logs(args.retain_logs, n, args.limit, s["eval_mask"])
+    path = os.path.join(run_dir or "", "metrics.json")
+    if run_dir and os.path.exists(path) and "retain" in json.load(open(path)):
+        try:
+            reference = load_retain_logs(path, n, args.limit, s["eval_mask"])
+            print(f"retain reference: the retain row of {path}")
+            return reference
+        except ValueError as e:
+            print(f"note: no retain reference, forget quality is left out ({e})")
+    return None
 
 
 def write_json(path, obj):

@@ -15,6 +15,7 @@ runs=(
   "alter-shannon --q 1"
   "alter-soft-gates --train-gate soft"
   "alter-router-gate --gate router"
+  "alter-a-position --a-grad position"
 )
 for spec in "${runs[@]}"; do
   set -- $spec

@@ -15,7 +15,7 @@ from tests.conftest import ROOT
 
 # a few people, short fine-tuning: the pipeline, not the numbers
 QUICK = ["--forget", "toy_forget10", "--model", "tiny", "--limit", "12", "--ft-epochs", "2", "--epochs", "2",
-         "--phase1-epochs", "1", "--eval-batch-size", "16", "--log-every", "100"]
+         "--phase1-epochs", "1", "--eval-batch-size", "16", "--log-every", "100", "--eval-limit", "6"]
 
 
 def run(args, cache, check=True, env=None):
@@ -117,8 +117,8 @@ def test_bad_input(tmp_path, cache):
 
 
 # ALTER on a few people, long enough that the target knows the forget people and ALTER visibly forgets them
-DIRECTION = ["--forget", "toy_forget10", "--model", "tiny", "--limit", "12", "--ft-epochs", "30", "--epochs", "8",
-             "--lr-b", "1.5e-3", "--log-every", "1000"]
+DIRECTION = ["--forget", "toy_forget10", "--model", "tiny", "--limit", "12", "--eval-limit", "8", "--ft-epochs", "30",
+             "--epochs", "8", "--lr-b", "1.5e-3", "--log-every", "1000"]
 
 
 @pytest.fixture(scope="module")
