@@ -367,8 +367,9 @@ def a_loss(parts, phase, w):
 
 
 def backward(model, loss, a_only=None):
-    """loss.backward(), except that with `a_only` the shared A's gradient is that of a_only alone: one
-    autograd.grad for the lora_A tensors, then the backward of the whole loss for every other parameter."""
+    """loss.backward(), except that with `a_only` the shared A accumulates the gradient of a_only alone: one
+    autograd.grad for the lora_A tensors, then the backward of the whole loss for every other parameter. The
+    price is a second backward pass through the network (measured in the README)."""
     if a_only is None:
         return loss.backward()
     A = [p for n, p in adapter_params(model) if "lora_A" in n and p.requires_grad]
@@ -376,7 +377,8 @@ def backward(model, loss, a_only=None):
     gA = torch.autograd.grad(a_only, A, retain_graph=True, allow_unused=True) if a_only.requires_grad else [None] * len(A)
     loss.backward(inputs=rest)
     for p, g in zip(A, gA):
-        p.grad = torch.zeros_like(p) if g is None else g
+        g = torch.zeros_like(p) if g is None else g
+        p.grad = g if p.grad is None else p.grad + g
 
 
 @dataclass

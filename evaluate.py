@@ -3,7 +3,11 @@ Evaluation: TOFU, MUSE, WMDP and MMLU metrics with open-unlearning's and lm-eval
 number printed here means what it means in their tables (see ../shared/reference/anchors.md §1.6-1.8, §5).
 
     python evaluate.py --model .cache/smollm2 --bench tofu_forget10,mmlu --data-dir ../shared/data
-    python evaluate.py --model out/toy/target --adapter out/toy/alter --bench toy_forget10,toy_mc,toy_muse
+    python evaluate.py --adapter out/toy_forget10_alter     # a train.py run again, as it ran: same numbers
+
+An adapter's header holds the run's settings (base model, benches, items, gate, q, the theta used, seed,
+prompt, mask rule); flags given here override them, with a note. TOFU and MUSE metrics use open-unlearning's
+attention mask by default (MASK_RULES below; --mask padding for a padding-only mask).
 
 Benches: tofu_forget01|05|10 and toy_forget01|05|10 (TOFU metrics), mmlu, wmdp_bio|cyber|chem, toy_mc
 (4-option MC about the toy forget/retain people), muse_news|muse_books, toy_muse (VerbMem, PrivLeak).
@@ -423,12 +427,13 @@ def print_table(rows, keys=None):
         print(f"{k:<{w}}" + "".join(f"{fmt(rows[n].get(k)):>14}" for n in names))
 
 
-def load_retain_logs(path, n_items, limit=None, mask_rule="ou"):
+def load_retain_logs(path, n_items=None, limit=None, mask_rule="ou"):
     """The retain reference from a logs JSON, as a summary for apply_reference: its per-item forget truth
-    ratios (the first `limit` of the split's n_items) and Min-K% AUC. Reads open-unlearning's TOFU_EVAL.json
-    (forget_truth_ratio.value_by_index.{i}.score, mia_min_k.agg_value), which is computed under its mask
-    rule "ou", or our metrics.json (its "retain" row, or a summary: forget_truth_ratio_by_item, privleak_auc,
-    eval_mask). Logs made under another mask rule than `mask_rule` are refused."""
+    ratios (the first `limit` of the split's n_items; n_items None: no TOFU bench, none needed) and Min-K%
+    AUCs. Reads open-unlearning's TOFU_EVAL.json (forget_truth_ratio.value_by_index.{i}.score,
+    mia_min_k.agg_value), computed under its mask rule "ou", or our metrics.json (its "retain" row, or a
+    summary: forget_truth_ratio_by_item, privleak_auc, muse_privleak_auc, eval_mask). Logs made under another
+    mask rule than `mask_rule` are refused: their numbers are not comparable."""
     try:
         logs = json.load(open(path))
     except (OSError, json.JSONDecodeError) as e:
@@ -436,23 +441,27 @@ def load_retain_logs(path, n_items, limit=None, mask_rule="ou"):
     if isinstance(logs.get("forget_truth_ratio"), dict):  # open-unlearning
         by = logs["forget_truth_ratio"].get("value_by_index", {})
         vals = [v["score"] if isinstance(v, dict) else v for _, v in sorted(by.items(), key=lambda kv: int(kv[0]))]
-        auc_ref = (logs.get("mia_min_k") or {}).get("agg_value")
+        ref = {"privleak_auc": (logs.get("mia_min_k") or {}).get("agg_value")}
         rule = "ou"
     else:  # ours: train.py's metrics.json (rows) or evaluate.py's (one summary)
         row = logs.get("retain", logs)
-        vals, auc_ref = row.get("forget_truth_ratio_by_item"), row.get("privleak_auc")
+        vals = row.get("forget_truth_ratio_by_item")
+        ref = {k: row.get(k) for k in ("privleak_auc", "muse_privleak_auc")}
         rule = row.get("eval_mask", "padding")  # summaries written before the rule existed masked padding only
-    if not vals:
-        raise ValueError(f"--retain-logs {path}: expected open-unlearning's TOFU_EVAL.json (forget_truth_ratio."
-                         f"value_by_index) or our metrics.json (forget_truth_ratio_by_item); found keys {sorted(logs)[:8]}")
-    need = min(limit or n_items, n_items)  # the items evaluated: the first `limit`
-    if len(vals) not in (n_items, need):
-        raise ValueError(f"--retain-logs {path}: {len(vals)} forget items, but this forget split has {n_items} and "
-                         f"{need} are evaluated: is it for another split or limit?")
+    if n_items is not None:
+        if not vals:
+            raise ValueError(f"--retain-logs {path}: expected open-unlearning's TOFU_EVAL.json (forget_truth_ratio."
+                             f"value_by_index) or our metrics.json (forget_truth_ratio_by_item); found keys "
+                             f"{sorted(logs)[:8]}")
+        need = min(limit or n_items, n_items)  # the items evaluated: the first `limit`
+        if not need <= len(vals) <= n_items:
+            raise ValueError(f"--retain-logs {path}: {len(vals)} forget items, but this forget split has {n_items} "
+                             f"and {need} are evaluated: is it for another split or limit?")
+        ref["forget_truth_ratio_by_item"] = [float(v) for v in vals[:need]]
     if rule != mask_rule:
         raise ValueError(f"--retain-logs {path} were computed with the {rule!r} attention mask, this evaluation uses "
                          f"{mask_rule!r}: truth ratios differ between the two; pass --eval-mask/--mask {rule}")
-    return {"forget_truth_ratio_by_item": [float(v) for v in vals[:limit]], "privleak_auc": auc_ref}
+    return ref
 
 # -----------------------------------------------------------------------------
 # the CLI
@@ -465,17 +474,19 @@ def main(argv=None):
     p.add_argument("--adapter", default=None, help="run folder (or .safetensors file) of a saved adapter")
     p.add_argument("--bench", default=None, help=f"comma-separated, from: {', '.join(BENCHES)} (default with "
                                                  "--adapter: the run's)")
-    p.add_argument("--data-dir", default=None, help="local mirror with the layout of ../shared/data (default: HF hub)")
-    p.add_argument("--retain-logs", default=None, help="retain reference for forget quality and PrivLeak (TOFU_EVAL.json "
-                   "or metrics.json; default with --adapter: the retain row of the run's metrics.json, if it has one)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N items of each set (N >= 1)")
-    p.add_argument("--batch-size", type=int, default=32, help="sequences per forward (train.py's --eval-batch-size)")
     p.add_argument("--shots", type=int, default=0, help="MMLU few-shot examples from the dev split (0 or 5)")
     p.add_argument("--per-subject", type=int, default=None, help="MMLU/WMDP: only the first N questions of each subject")
     p.add_argument("--device", default="cpu", help="cpu | cuda | mps")
     p.add_argument("--out", default=None, help="folder for metrics.json and items.jsonl (default: <adapter run>/eval, "
                                                "or out/eval)")
-    # the run's settings: read from the adapter's header when there is one; a flag given here overrides it
+    # the run's settings: from the adapter's header when there is one (else the defaults in SETTINGS); a flag
+    # given here overrides it, with a note
+    p.add_argument("--data-dir", default=None, help="local mirror with the layout of ../shared/data (default: HF hub)")
+    p.add_argument("--retain-logs", default=None, help="retain reference for forget quality and PrivLeak (TOFU_EVAL.json "
+                   "or metrics.json; default with --adapter: the retain row of the run's metrics.json)")
+    p.add_argument("--batch-size", type=int, default=None, help="sequences per forward (default 32)")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"], help="float32, or bf16 autocast")
     p.add_argument("--gate", default=None, choices=["entropy", "router"], help="adapter routing at inference")
     p.add_argument("--q", type=float, default=None, help="Tsallis q of the entropy gate")
     p.add_argument("--theta", type=float, default=None, help="entropy threshold of the gate")
@@ -484,14 +495,19 @@ def main(argv=None):
     p.add_argument("--mask", default=None, choices=MASK_RULES,
                    help="TOFU/MUSE attention mask: ou (open-unlearning: EOS tokens = pad are masked) or padding")
     args = p.parse_args(argv)
+
+    def fail(msg):
+        print(f"error: {msg}", file=sys.stderr)
+        sys.exit(2)
+
     if args.limit is not None and args.limit < 1:
-        sys.exit(f"error: --limit must be at least 1, got {args.limit}")
+        fail(f"--limit must be at least 1, got {args.limit}")
     from alter import GatedLM, load_adapter
     from model import GPT, read_safetensors
     from tokenizer import Tokenizer
     try:
         run, run_dir = {}, None
-        if args.adapter:  # the run's settings first: they may name the model and the benches
+        if args.adapter:  # the run's settings first: they may name the model, the benches and the items
             path = args.adapter if args.adapter.endswith(".safetensors") else os.path.join(args.adapter, "adapter.safetensors")
             run_dir = os.path.dirname(path)
             run = json.loads(read_safetensors(path, metadata=True)[1].get("run", "{}"))
@@ -505,46 +521,51 @@ def main(argv=None):
         bad = [b for b in benches if b not in BENCHES]
         if bad:
             raise ValueError(f"unknown bench {bad}; valid: {', '.join(BENCHES)}")
+        s = run_settings(args, run, benches)
+        reference = retain_reference(benches, s, run_dir, args.limit)
         model = GPT.from_pretrained(args.model).to(args.device).eval()
         tok = Tokenizer.from_pretrained(model.source)
         lm = model
         if args.adapter:
             load_adapter(model, path)
-        s = run_settings(args, run)
-        if args.adapter:
             lm = GatedLM(model, s["q"], s["theta"], s["gate"])
             print(f"evaluating {args.bench} (limit {args.limit}) of {args.model} with the adapter {path}")
-        reference = retain_reference(args, benches, s, run_dir)
         tok.system = s["system_prompt"]
         print(tok.describe())
-        summary, items = evaluate(lm, tok, benches, args.data_dir, args.limit, reference, args.shots,
-                                  args.batch_size, args.device, per_subject=args.per_subject, seed=s["seed"],
-                                  mask_rule=s["eval_mask"])
+        dev = args.device.split(":")[0]
+        with torch.autocast(dev, dtype=torch.bfloat16, enabled=s["dtype"] == "bfloat16"):
+            summary, items = evaluate(lm, tok, benches, s["data_dir"], args.limit, reference, args.shots,
+                                      s["eval_batch_size"], args.device, s["pct"], args.per_subject, seed=s["seed"],
+                                      mask_rule=s["eval_mask"])
     except (ValueError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+        fail(e)
     out = args.out or (os.path.join(run_dir, "eval") if args.adapter else os.path.join("out", "eval"))
     os.makedirs(out, exist_ok=True)
     write_json(os.path.join(out, "metrics.json"), summary)
-    with open(os.path.join(out, "items.jsonl.tmp"), "w") as f:
-        f.writelines(json.dumps(it) + "\n" for it in items)
-    os.replace(os.path.join(out, "items.jsonl.tmp"), os.path.join(out, "items.jsonl"))
+    write_jsonl(os.path.join(out, "items.jsonl"), items)
     print_table({"model": summary})
     print(f"wrote {out}/metrics.json and items.jsonl")
 
 
-def run_settings(args, run):
+# what train.py writes into an adapter's header (its "run"), with the flag that overrides each and its default
+SETTINGS = {"gate": ("gate", "entropy"), "q": ("q", 1.5), "theta": ("theta", 1.2), "seed": ("seed", 0),
+            "system_prompt": ("system_prompt", None), "eval_mask": ("mask", "ou"), "data_dir": ("data_dir", None),
+            "retain_logs": ("retain_logs", None), "dtype": ("dtype", "float32"), "eval_batch_size": ("batch_size", 32)}
+
+
+def run_settings(args, run, benches):
     """The settings an adapter runs with: its header's (what train.py used: the gate, q, the theta actually
-    used, the prompt and evaluation settings), each overridden by a flag given here, loudly."""
-    defaults = dict(gate="entropy", q=1.5, theta=1.2, system_prompt=None, seed=0, eval_mask="ou")
-    flags = dict(gate=args.gate, q=args.q, theta=args.theta, system_prompt=args.system_prompt, seed=args.seed,
-                 eval_mask=args.mask)
+    used, the data, prompt and evaluation settings), each overridden by a flag given here, loudly."""
     out = {}
-    for k, default in defaults.items():
+    for k, (flag, default) in SETTINGS.items():
         out[k] = run.get(k, default)
-        if flags[k] is not None:
-            if k in run and flags[k] != run[k]:
-                print(f"note: {k} = {flags[k]!r} from the command line overrides the adapter's {run[k]!r}")
-            out[k] = flags[k]
+        given = getattr(args, flag)
+        if given is not None:
+            if k in run and given != run[k]:
+                print(f"note: --{flag.replace('_', '-')} {given!r} overrides the adapter's {k} {run[k]!r}")
+            out[k] = given
+    tofu = [b for b in benches if b.startswith("toy_forget")]  # which toy people toy_mc and toy_muse ask about
+    out["pct"] = tofu[0][-2:] if tofu else run.get("pct", "10")
     if run:
         print("adapter settings: " + ", ".join(f"{k} {out[k]}" for k in ("gate", "q", "theta", "seed", "eval_mask")))
         if os.path.abspath(args.model) != os.path.abspath(run.get("base_model", args.model)):
@@ -552,38 +573,44 @@ def run_settings(args, run):
     return out
 
 
-def retain_reference(args, benches, s, run_dir):
-    """The retain reference for TOFU metrics: --retain-logs, else the retain row of the adapter run's
-    metrics.json when it covers the items evaluated here, else none (forget quality missing)."""
+def retain_reference(benches, s, run_dir, limit):
+    """The retain reference for forget quality and PrivLeak: --retain-logs (or the logs the run used), else
+    the retain row of the adapter run's metrics.json when it covers the items evaluated here, else none."""
     tofu = [b for b in benches if b.startswith(("tofu_", "toy_forget"))]
-    if not tofu:
-        return None
-    b, split = tofu[0].split("_", 1)
-    n = len(load_split(f"{b}_{split}_perturbed", args.data_dir, s["seed"]))
-    if args.retain_logs:
-        return load_retain_logs(args.retain_logs, n, args.limit, s["eval_mask"])
+    n = len(load_split(f"{tofu[0]}_perturbed", s["data_dir"], s["seed"])) if tofu else None
     path = os.path.join(run_dir or "", "metrics.json")
-    if run_dir and os.path.exists(path) and "retain" in json.load(open(path)):
+    if run_dir and os.path.exists(path) and "retain" in json.load(open(path)) and s["retain_logs"] is None:
         try:
-            reference = load_retain_logs(path, n, args.limit, s["eval_mask"])
+            reference = load_retain_logs(path, n, limit, s["eval_mask"])
             print(f"retain reference: the retain row of {path}")
             return reference
         except ValueError as e:
             print(f"note: no retain reference, forget quality is left out ({e})")
-    return None
+            return None
+    return load_retain_logs(s["retain_logs"], n, limit, s["eval_mask"]) if s["retain_logs"] else None
+
+
+def write_jsonl(path, items):
+    """One JSON object per line, atomically, NaN written as null (as write_json)."""
+    with open(path + ".tmp", "w") as f:
+        f.writelines(json.dumps(_finite(it), allow_nan=False) + "\n" for it in items)
+    os.replace(path + ".tmp", path)
+
+
+def _finite(v):
+    """v with every NaN or infinity (which JSON cannot hold) replaced by None."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    return [_finite(x) for x in v] if isinstance(v, (list, tuple)) else v
 
 
 def write_json(path, obj):
     """Atomic JSON write: a failed run never leaves half a file, nor overwrites a good one with one. NaN and
     infinities, which JSON cannot hold, are written as null."""
-    def clean(v):
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        return [clean(x) for x in v] if isinstance(v, (list, tuple)) else v
     with open(path + ".tmp", "w") as f:
-        json.dump(clean(obj), f, indent=2, allow_nan=False, default=str)
+        json.dump(_finite(obj), f, indent=2, allow_nan=False, default=str)
     os.replace(path + ".tmp", path)
 
 

@@ -137,7 +137,8 @@ from alter import (AlterConfig, GatedLM, LossWeights, a_loss, adapter_params, at
 from data.batching import batch_indices, collate, encode_qa, encode_text  # noqa: E402
 from data.benchmarks import load_split, split_names  # noqa: E402
 from entropy import pad_profile, profile, threshold  # noqa: E402
-from evaluate import apply_reference, bench_splits, evaluate, load_retain_logs, print_table, write_json  # noqa: E402
+from evaluate import (apply_reference, bench_splits, evaluate, load_retain_logs, print_table, write_json,  # noqa: E402
+                      write_jsonl)
 from model import GPT, TINY, GPTConfig, resolve_checkpoint  # noqa: E402
 from tokenizer import Tokenizer  # noqa: E402
 
@@ -167,7 +168,7 @@ def training_examples(bench, which, tok, args):
     L = lambda name: load_split(f"{bench}_{name}", args.data_dir, args.seed)[:args.limit]
     rows = load_split(f"{bench}_{which}", args.data_dir, args.seed)
     if args.authors or args.limit:  # the retain side cut, and (for the target) every forget person kept
-        pct = args.forget[-2:]
+        pct = forget_pct(args.forget)
         rows = retain_rows(bench, pct, args) + (forget_rows(bench, pct, args) if which == "full" else [])
     ex = encode_qa(tok, rows, system_prompt=args.system_prompt)
     if bench == "toy":
@@ -175,6 +176,11 @@ def training_examples(bench, which, tok, args):
         people = {r["person"] for r in rows}
         ex += encode_text(tok, [b["text"] for b in L("bio") if b["person"] in people], block_size=64)
     return ex
+
+
+def forget_pct(forget):
+    """01, 05 or 10: which forget set (toy_text forgets the toy_forget10 people's biographies)."""
+    return "10" if forget in TEXT_FORGETS else forget[-2:]
 
 
 def retain_rows(bench, pct, args):
@@ -315,7 +321,7 @@ def main(args):
     check_args(args)
     text = args.forget in TEXT_FORGETS  # text forgetting (every token a training position) or question-answer pairs
     bench = args.forget.split("_")[0]  # toy | tofu | wmdp | muse
-    pct = args.forget[-2:] if not text else "10"  # toy_text forgets the toy_forget10 people
+    pct = forget_pct(args.forget)
     kind = "toy_text" if args.forget == "toy_text" else bench  # which DEFAULTS
     corpora = load_corpora(args) if text and bench != "toy" else {}  # loaded once, before any work
     if args.authors:
@@ -537,7 +543,7 @@ def main(args):
             t_train += time.time() - t0
             model.eval()
             if RANK == 0:  # the product after every epoch (atomic writes), and a checkpoint to resume from
-                save_product(model, args, out, theta, benches)
+                save_product(model, args, out, theta, benches, dtype)
                 torch.save({"epoch": epoch_global, "train_seconds": t_train, "optimizer": opt.state_dict(),
                             "trainable": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}},
                            os.path.join(out, "checkpoint.pt.tmp"))
@@ -556,8 +562,7 @@ def main(args):
                              model_seconds=round(t_models, 1), total_seconds=round(time.time() - t_start, 1))
     write_json(os.path.join(out, "metrics.json"), {"unlearned": rows[args.method], "target": rows["target"],
                                                   **({"retain": rows["retain"]} if "retain" in rows else {})})
-    with open(os.path.join(out, "items.jsonl"), "w") as f:
-        f.writelines(json.dumps(it) + "\n" for it in items)
+    write_jsonl(os.path.join(out, "items.jsonl"), items)
     order = ["target"] + (["retain"] if "retain" in rows else []) + [args.method]
     keys = {"tofu": QA_KEYS, "toy": QA_KEYS + ["mc_forget_acc", "mc_retain_acc", "forget_verbmem_ROUGE"],
             "toy_text": ["mc_forget_acc", "mc_retain_acc", "general_acc", "model_utility", "forget_verbmem_ROUGE",
@@ -597,6 +602,17 @@ def preflight(args, bench, pct, text, benches):
         names += ["toy_real_authors", "toy_world_facts", "toy_bio"] + list(TEXT_FORGETS["toy_text"][:2])
     for name in dict.fromkeys(names + [n for b in benches for n in bench_splits(b, pct)]):
         load_split(name, args.data_dir, args.seed)
+    for flag in ("model", "target", "retain_model"):  # a local checkpoint must be there (hub ids: fetched when used)
+        name = getattr(args, flag)
+        local = name and name != "tiny" and (os.path.isdir(name) or name.startswith((".", "/", "~")) or name.count("/") > 1)
+        if local and not os.path.exists(os.path.join(name, "config.json")):
+            fail(f"--{flag.replace('_', '-')} {name}: no checkpoint there (no config.json)")
+    if args.method == "rmu" and args.rmu_layer is not None:  # the depth, where it can be known without loading
+        cfg = os.path.join(args.target or args.model, "config.json")
+        hf = json.load(open(cfg)) if os.path.exists(cfg) else {}
+        n_layer = TINY["n_layer"] if args.model == "tiny" else hf.get("num_hidden_layers", hf.get("n_layer"))
+        if n_layer is not None and args.rmu_layer >= n_layer:
+            fail(f"--rmu-layer must be in 0..{n_layer - 1} for this model, got {args.rmu_layer}")
     if not args.retain_logs:
         return None
     n = len(load_split(f"{bench}_forget{pct}_perturbed", args.data_dir, args.seed))
@@ -625,14 +641,16 @@ def inference_gate(args):
     return args.gate if args.method == "alter" else "router"
 
 
-def save_product(model, args, out, theta, benches):
+def save_product(model, args, out, theta, benches, dtype):
     """The adapter or, for full-parameter methods, the whole model. The adapter's header carries what
     evaluate.py needs to run it as this run did: the gate, q, the theta actually used (often the quantile
     fallback), the prompt and evaluation settings, and the base model it was trained on."""
     if hasattr(model, "alter_config"):
+        path = lambda p: p and os.path.abspath(p)
         run = dict(q=args.q, theta=theta, gate=inference_gate(args), seed=args.seed, system_prompt=args.system_prompt,
-                   eval_mask=args.eval_mask, base_model=model.source, benches=benches, eval_limit=args.eval_limit,
-                   per_subject=args.per_subject)
+                   eval_mask=args.eval_mask, base_model=path(model.source), benches=benches, pct=forget_pct(args.forget),
+                   eval_limit=args.eval_limit, per_subject=args.per_subject, data_dir=path(args.data_dir),
+                   retain_logs=path(args.retain_logs), dtype=dtype, eval_batch_size=args.eval_batch_size)
         save_adapter(model, os.path.join(out, "adapter.safetensors"), {"run": json.dumps(run)})
     else:
         model.save_pretrained(os.path.join(out, "model"))

@@ -10,7 +10,10 @@ mkdir -p results/smollm2
 time python evaluate.py --model .cache/smollm2 --bench mmlu --per-subject 20 --data-dir "$DATA" --out results/smollm2/mmlu
 # WMDP v1 bio and cyber: first 300 questions of each
 time python evaluate.py --model .cache/smollm2 --bench wmdp_bio,wmdp_cyber --limit 300 --data-dir "$DATA" --out results/smollm2/wmdp
-# TOFU forget10 metrics of the model that never saw TOFU: first 100 items of every set
+# TOFU forget10 metrics of the model that never saw TOFU: first 100 items of every set, with open-unlearning's
+# attention mask (the default) and with a padding-only mask, to show what the mask rule changes
 time python evaluate.py --model .cache/smollm2 --bench tofu_forget10 --limit 100 --data-dir "$DATA" --out results/smollm2/tofu
+time python evaluate.py --model .cache/smollm2 --bench tofu_forget10 --limit 100 --data-dir "$DATA" --mask padding \
+  --out results/smollm2/tofu_padding
 # MUSE-News KnowMem, VerbMem, PrivLeak: first 25 items of every set
 time python evaluate.py --model .cache/smollm2 --bench muse_news --limit 25 --data-dir "$DATA" --out results/smollm2/muse

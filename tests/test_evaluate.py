@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from evaluate import (auc, avg_nll, forget_quality, mc_prompt, min_k, model_utility, privleak, prob_normalised,
-                      rouge_l, tr_forget, tr_true_better, truth_ratio)
+from evaluate import (auc, avg_nll, forget_quality, load_retain_logs, mc_prompt, min_k, model_utility, privleak,
+                      prob_normalised, rouge_l, tr_forget, tr_true_better, truth_ratio)
 from tests.conftest import ROOT
 
 
@@ -118,6 +118,52 @@ def test_cli_bad_input(tmp_path):
                 str(tmp_path / "logs.json"), "--out", str(out))
     assert r.returncode != 0 and "7 forget items, but this forget split has 24" in r.stderr
     assert not out.exists(), "a failed run wrote output"
+
+
+def test_reference_sets_forget_quality_and_privleak():
+    """open-unlearning's rules: forget quality only against a retain reference (missing without one), privleak
+    and muse_privleak against the reference's Min-K% AUC (0.5 without one); the retain row itself gets 1 and 0."""
+    from scipy.stats import ks_2samp
+    from evaluate import apply_reference
+    tr = [0.3, 0.8, 1.2, 0.5]
+    row = {"forget_truth_ratio_by_item": tr, "privleak_auc": 0.8, "muse_privleak_auc": 0.3}
+    alone = apply_reference(dict(row))
+    assert alone["forget_quality"] is None
+    assert alone["privleak"] == pytest.approx(((1 - 0.8) - 0.5) / 0.5 * 100)
+    ref = {"forget_truth_ratio_by_item": [0.9, 1.0, 1.1], "privleak_auc": 0.6, "muse_privleak_auc": 0.55}
+    got = apply_reference(dict(row), ref)
+    assert got["forget_quality"] == pytest.approx(ks_2samp(tr, ref["forget_truth_ratio_by_item"]).pvalue)
+    assert got["privleak"] == pytest.approx(((1 - 0.8) - (1 - 0.6)) / (1 - 0.6) * 100)
+    assert got["muse_privleak"] == pytest.approx(((1 - 0.3) - (1 - 0.55)) / (1 - 0.55) * 100)
+    own = apply_reference(dict(row), row)
+    assert own["forget_quality"] == 1.0 and own["privleak"] == 0.0 and own["muse_privleak"] == 0.0
+
+
+def test_retain_logs_follow_the_evaluated_items_and_the_mask_rule(tmp_path):
+    """Retain logs cover a whole forget split (open-unlearning's) or exactly the evaluated items (ours); the
+    first `limit` items are compared; logs made under the other mask rule are refused."""
+    ou = {"forget_truth_ratio": {"value_by_index": {str(i): {"score": i / 40} for i in range(40)}},
+          "mia_min_k": {"agg_value": 0.61}}
+    (tmp_path / "ou.json").write_text(json.dumps(ou))
+    ref = load_retain_logs(str(tmp_path / "ou.json"), 40, limit=12)
+    assert ref["forget_truth_ratio_by_item"] == [i / 40 for i in range(12)] and ref["privleak_auc"] == 0.61
+    with pytest.raises(ValueError, match="computed with the 'ou' attention mask"):
+        load_retain_logs(str(tmp_path / "ou.json"), 40, 12, "padding")
+    ours = {"retain": {"forget_truth_ratio_by_item": [0.5] * 12, "privleak_auc": 0.4, "eval_mask": "padding"}}
+    (tmp_path / "ours.json").write_text(json.dumps(ours))
+    assert load_retain_logs(str(tmp_path / "ours.json"), 40, 12, "padding")["privleak_auc"] == 0.4
+    with pytest.raises(ValueError, match="computed with the 'padding' attention mask"):
+        load_retain_logs(str(tmp_path / "ours.json"), 40, 12, "ou")
+    with pytest.raises(ValueError, match="12 forget items, but this forget split has 40 and 13 are evaluated"):
+        load_retain_logs(str(tmp_path / "ours.json"), 40, 13, "padding")
+
+
+def test_metrics_json_never_holds_nan(tmp_path):
+    from evaluate import write_json
+    write_json(str(tmp_path / "m.json"), {"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": float("-inf")}})
+    text = (tmp_path / "m.json").read_text()
+    strict = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+    assert strict == {"a": None, "b": [1.0, None], "c": {"d": None}}
 
 
 def test_toy_evaluation_follows_the_data_seed():

@@ -65,15 +65,31 @@ def test_baselines_run(tmp_path, cache, method):
 
 
 def test_hub_layout_checkpoint_and_real_tofu(tmp_path, cache, shared_data):
+    """Real TOFU from a local mirror, a checkpoint directory, and open-unlearning's retain logs (TOFU_EVAL.json,
+    all 40 forget01 items) as the reference for the first 4 items evaluated (--limit 4)."""
     from model import GPT, GPTConfig, TINY
     GPT(GPTConfig(**{**TINY, "n_layer": 1, "n_embd": 32, "n_head": 2})).save_pretrained(tmp_path / "ckpt")
+    logs = {"forget_truth_ratio": {"value_by_index": {str(i): {"score": 0.5 + i / 80} for i in range(40)}},
+            "mia_min_k": {"agg_value": 0.4}}
+    (tmp_path / "TOFU_EVAL.json").write_text(json.dumps(logs))
     out = str(tmp_path / "run")
     r = run(["--forget", "tofu_forget01", "--model", str(tmp_path / "ckpt"), "--data-dir", str(shared_data),
-             "--limit", "4", "--ft-epochs", "1", "--epochs", "1", "--eval-batch-size", "8", "--out", out], cache)
+             "--limit", "4", "--ft-epochs", "1", "--epochs", "1", "--eval-batch-size", "8", "--out", out,
+             "--retain-logs", str(tmp_path / "TOFU_EVAL.json")], cache)
     m = json.load(open(os.path.join(out, "metrics.json")))
-    assert set(m) == {"unlearned", "target", "retain"}
+    assert set(m) == {"unlearned", "target"}
     assert 0 <= m["unlearned"]["model_utility"] <= 1 and m["unlearned"]["forget_quality"] is not None
-    assert "fine-tuning the target model on tofu_full" in r.stdout
+    assert "fine-tuning the target model on tofu_full" in r.stdout and "fine-tuning the retain" not in r.stdout
+    # forget quality against the logs' first 4 truth ratios, PrivLeak against their Min-K% AUC
+    from evaluate import forget_quality, privleak
+    u = m["unlearned"]
+    ref = [0.5 + i / 80 for i in range(4)]
+    assert u["forget_quality"] == pytest.approx(forget_quality(u["forget_truth_ratio_by_item"], ref))
+    assert u["privleak"] == pytest.approx(privleak(u["privleak_auc"], 0.4))
+    r = run(["--forget", "tofu_forget01", "--model", str(tmp_path / "ckpt"), "--data-dir", str(shared_data),
+             "--limit", "4", "--out", out + "2", "--retain-logs", str(tmp_path / "TOFU_EVAL.json"), "--eval-mask",
+             "padding"], cache, check=False)
+    assert r.returncode == 2 and "computed with the 'ou' attention mask" in r.stderr
 
 
 def test_torchrun_two_processes(tmp_path, cache):
