@@ -98,7 +98,7 @@ def one_step(base, method):
     """Time one unlearning step of `method` and measure the memory it adds (warm-up step included: that is
     where gradients and AdamW state are first allocated). Returns (seconds, bytes, trainable parameters)."""
     import torch.nn.functional as F
-    from alter import AlterConfig, LossWeights, adapter_params, attach, method_loss
+    from alter import AlterConfig, LossWeights, a_loss, adapter_params, attach, backward, method_loss
     B, T, V = args.step_batch, args.step_tokens, base.config.vocab_size
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, V, (B, T), generator=g).to(args.device)
@@ -125,10 +125,10 @@ def one_step(base, method):
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
 
-    def step():
-        loss, _ = method_loss(method, 2, model, batch, LossWeights())
+    def step():  # as train.py's: ALTER's A gets the gradient of its high-entropy terms alone (a second backward)
+        loss, parts = method_loss(method, 2, model, batch, LossWeights())
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        backward(model, loss, a_loss(parts, 2, LossWeights()) if method == "alter" else None)
         opt.step()
     with PeakRSS() as mem:
         seconds = timed(step, args.repeats)

@@ -583,7 +583,8 @@ QA_KEYS = ["forget_quality", "model_utility", "forget_truth_ratio", "forget_Q_A_
 def cached_eval(model, ev, benches, args, dtype):
     """Evaluate a target or retain model once per (checkpoint, every evaluation setting); later runs read the
     result. Its forget quality and PrivLeak are then set against the reference by the caller."""
-    key = settings_key(model_id(model.source), benches, args.eval_limit, args.data_dir and os.path.abspath(args.data_dir),
+    key = settings_key(model_id(model.source), model_id(args.target or args.model),  # the model, its tokenizer
+                       benches, args.eval_limit, args.data_dir and os.path.abspath(args.data_dir),
                        args.seed, args.per_subject, args.system_prompt, dtype, args.eval_mask, args.eval_batch_size)
     path = os.path.join(args.cache, f"eval-{key}.json")
     if os.path.exists(path):

@@ -8,7 +8,7 @@ COLS = [("forget_quality", "forget quality ↑"), ("model_utility", "model utili
         ("forget_truth_ratio", "forget truth ratio"), ("forget_Q_A_ROUGE", "forget ROUGE ↓"),
         ("retain_Q_A_ROUGE", "retain ROUGE ↑"), ("mc_forget_acc", "forget MC acc ↓"),
         ("mc_retain_acc", "retain MC acc ↑"), ("general_acc", "general acc ↑"), ("forget_verbmem_ROUGE", "VerbMem ↓"),
-        ("muse_privleak", "PrivLeak (0 best)"), ("forget_knowmem_ROUGE", "KnowMem forget ↓"),
+        ("privleak", "PrivLeak (0 best)"), ("muse_privleak", "PrivLeak, texts (0 best)"), ("forget_knowmem_ROUGE", "KnowMem forget ↓"),
         ("retain_knowmem_ROUGE", "KnowMem retain ↑"), ("wmdp_bio_acc", "WMDP bio acc ↓"),
         ("wmdp_cyber_acc", "WMDP cyber acc ↓"), ("mmlu_acc", "MMLU acc ↑"),
         ("train_seconds", "unlearning time (s)"), ("trainable_params", "trainable params")]
