@@ -438,10 +438,11 @@ def load_retain_logs(path, n_items=None, limit=None, mask_rule="ou"):
         logs = json.load(open(path))
     except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"--retain-logs {path}: cannot read it as JSON ({e})") from None
-    if isinstance(logs.get("forget_truth_ratio"), dict):  # open-unlearning
-        by = logs["forget_truth_ratio"].get("value_by_index", {})
+    if isinstance(logs.get("forget_truth_ratio"), dict) or isinstance(logs.get("mia_min_k"), dict):  # open-unlearning
+        by = (logs.get("forget_truth_ratio") or {}).get("value_by_index", {})
         vals = [v["score"] if isinstance(v, dict) else v for _, v in sorted(by.items(), key=lambda kv: int(kv[0]))]
-        ref = {"privleak_auc": (logs.get("mia_min_k") or {}).get("agg_value")}
+        auc_ref = (logs.get("mia_min_k") or {}).get("agg_value")  # TOFU_EVAL's and MUSE_EVAL's privleak reference
+        ref = {"privleak_auc": auc_ref, "muse_privleak_auc": auc_ref}
         rule = "ou"
     else:  # ours: train.py's metrics.json (rows) or evaluate.py's (one summary)
         row = logs.get("retain", logs)
@@ -458,6 +459,8 @@ def load_retain_logs(path, n_items=None, limit=None, mask_rule="ou"):
             raise ValueError(f"--retain-logs {path}: {len(vals)} forget items, but this forget split has {n_items} "
                              f"and {need} are evaluated: is it for another split or limit?")
         ref["forget_truth_ratio_by_item"] = [float(v) for v in vals[:need]]
+    if all(v is None for v in ref.values()):
+        raise ValueError(f"--retain-logs {path}: no retain numbers in it (forget truth ratios or a Min-K% AUC)")
     if rule != mask_rule:
         raise ValueError(f"--retain-logs {path} were computed with the {rule!r} attention mask, this evaluation uses "
                          f"{mask_rule!r}: truth ratios differ between the two; pass --eval-mask/--mask {rule}")
@@ -556,13 +559,14 @@ SETTINGS = {"gate": ("gate", "entropy"), "q": ("q", 1.5), "theta": ("theta", 1.2
 def run_settings(args, run, benches):
     """The settings an adapter runs with: its header's (what train.py used: the gate, q, the theta actually
     used, the data, prompt and evaluation settings), each overridden by a flag given here, loudly."""
-    out = {}
+    out = {"overridden": []}
     for k, (flag, default) in SETTINGS.items():
         out[k] = run.get(k, default)
         given = getattr(args, flag)
         if given is not None:
             if k in run and given != run[k]:
                 print(f"note: --{flag.replace('_', '-')} {given!r} overrides the adapter's {k} {run[k]!r}")
+                out["overridden"].append(k)
             out[k] = given
     tofu = [b for b in benches if b.startswith("toy_forget")]  # which toy people toy_mc and toy_muse ask about
     out["pct"] = tofu[0][-2:] if tofu else run.get("pct", "10")
@@ -580,6 +584,10 @@ def retain_reference(benches, s, run_dir, limit):
     n = len(load_split(f"{tofu[0]}_perturbed", s["data_dir"], s["seed"])) if tofu else None
     path = os.path.join(run_dir or "", "metrics.json")
     if run_dir and os.path.exists(path) and "retain" in json.load(open(path)) and s["retain_logs"] is None:
+        changed = [k for k in ("seed", "data_dir", "system_prompt", "dtype", "eval_batch_size") if k in s["overridden"]]
+        if changed:  # the retain row was measured on other data or settings
+            print(f"note: no retain reference, forget quality is left out (the run's retain row used other {changed})")
+            return None
         try:
             reference = load_retain_logs(path, n, limit, s["eval_mask"])
             print(f"retain reference: the retain row of {path}")

@@ -17,6 +17,7 @@ import json
 import math
 import mmap
 import os
+import shutil
 import struct
 from dataclasses import dataclass, field
 
@@ -335,6 +336,9 @@ def ours_to_hf(key, arch):
 CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+
+
 def resolve_checkpoint(name_or_dir):
     """A local directory as it is, or a HF hub id downloaded (config, tokenizer and weight files only)."""
     if os.path.isdir(name_or_dir):
@@ -472,8 +476,14 @@ class GPT(nn.Module):
         return model
 
     def save_pretrained(self, d):
-        """Save in HF layout (config.json + model.safetensors) so our loader and transformers both read it."""
+        """Save in HF layout (config.json + model.safetensors) so our loader and transformers both read it. A
+        model loaded from a checkpoint takes that checkpoint's tokenizer files along: the copy is complete."""
         os.makedirs(d, exist_ok=True)
+        src = getattr(self, "source", None)
+        if src and os.path.abspath(src) != os.path.abspath(d):
+            for name in TOKENIZER_FILES:
+                if os.path.exists(os.path.join(src, name)):
+                    shutil.copyfile(os.path.join(src, name), os.path.join(d, name))
         c = self.config
         if c.arch == "gpt2":
             hf = dict(model_type="gpt2", vocab_size=c.vocab_size, n_positions=c.block_size, n_layer=c.n_layer,

@@ -330,7 +330,7 @@ def main(args):
             fail(f"--authors is for TOFU with fine-tuned target and retain models, and must exceed the "
                  f"{n_forget} forget authors of {args.forget}")
     args.eval_limit = args.eval_limit or args.limit
-    if args.model == "tiny" and bench != "toy":
+    if args.model == "tiny" and bench != "toy" and needs_model(args, bench):
         fail("--model tiny is the from-scratch model of the toy benchmark; give a checkpoint for " + bench)
     if args.retain_logs and (text or args.retain_model):
         fail("--retain-logs holds TOFU truth ratios: for tofu_forgetXX, and not with --retain-model")
@@ -370,9 +370,8 @@ def main(args):
     t_start = time.time()
 
     # --- 1, 2: target and retain models
-    tok = Tokenizer.gpt2() if args.model == "tiny" else None
-    if tok is None:
-        tok = Tokenizer.from_pretrained(resolve_checkpoint(args.target or args.model))
+    tok = Tokenizer.gpt2() if args.model == "tiny" and not args.target else \
+        Tokenizer.from_pretrained(resolve_checkpoint(args.target or args.model))
     tok.system = args.system_prompt  # training and evaluation prompts alike
     log0("prompt format:", tok.describe())
     corpus = args.forget if bench == "muse" else bench  # what target and retain models are fine-tuned on
@@ -595,6 +594,12 @@ def cached_eval(model, ev, benches, args, dtype):
     return res
 
 
+def needs_model(args, bench):
+    """Whether --model is used: fine-tuned into the target or the retain model, or (WMDP) the target itself."""
+    retain_ft = not (args.retain_model or args.retain_logs or bench == "wmdp" or (bench == "muse" and args.target))
+    return not args.target or retain_ft
+
+
 def preflight(args, bench, pct, text, benches):
     """Load and check every split the run reads before any model is loaded or trained, so that a malformed
     file fails in seconds rather than after hours of fine-tuning. Returns the retain logs, if any."""
@@ -603,15 +608,16 @@ def preflight(args, bench, pct, text, benches):
         names += ["toy_real_authors", "toy_world_facts", "toy_bio"] + list(TEXT_FORGETS["toy_text"][:2])
     for name in dict.fromkeys(names + [n for b in benches for n in bench_splits(b, pct)]):
         load_split(name, args.data_dir, args.seed)
-    for flag in ("model", "target", "retain_model"):  # a local checkpoint must be there (hub ids: fetched when used)
+    # every checkpoint the run will load, found (hub ids fetched) now rather than after hours of fine-tuning
+    for flag in ("target", "retain_model") + (("model",) if args.model != "tiny" and needs_model(args, bench) else ()):
         name = getattr(args, flag)
-        local = name and name != "tiny" and (os.path.isdir(name) or name.startswith((".", "/", "~")) or name.count("/") > 1)
-        if local and not os.path.exists(os.path.join(name, "config.json")):
+        if name and not os.path.exists(os.path.join(resolve_checkpoint(name), "config.json")):
             fail(f"--{flag.replace('_', '-')} {name}: no checkpoint there (no config.json)")
-    if args.method == "rmu" and args.rmu_layer is not None:  # the depth, where it can be known without loading
-        cfg = os.path.join(args.target or args.model, "config.json")
-        hf = json.load(open(cfg)) if os.path.exists(cfg) else {}
-        n_layer = TINY["n_layer"] if args.model == "tiny" else hf.get("num_hidden_layers", hf.get("n_layer"))
+    if args.method == "rmu" and args.rmu_layer is not None:  # the depth, known without loading the weights
+        cfg = os.path.join(resolve_checkpoint(args.target or args.model), "config.json") \
+            if args.target or args.model != "tiny" else None
+        hf = json.load(open(cfg)) if cfg else {}
+        n_layer = hf.get("num_hidden_layers", hf.get("n_layer")) if cfg else TINY["n_layer"]
         if n_layer is not None and args.rmu_layer >= n_layer:
             fail(f"--rmu-layer must be in 0..{n_layer - 1} for this model, got {args.rmu_layer}")
     if not args.retain_logs:

@@ -105,18 +105,18 @@ def test_cli_bad_input(tmp_path):
     GPT(GPTConfig(**{**TINY, "n_layer": 1, "n_embd": 32, "n_head": 2})).save_pretrained(tmp_path / "m")
     out = tmp_path / "out"
     r = run_cli("--model", str(tmp_path / "m"), "--bench", "tofu_forget11", "--out", str(out))
-    assert r.returncode != 0 and "unknown bench ['tofu_forget11']; valid: tofu_forget01" in r.stderr
+    assert r.returncode == 2 and "unknown bench ['tofu_forget11']; valid: tofu_forget01" in r.stderr
     r = run_cli("--model", str(tmp_path / "m"), "--bench", "toy_forget10", "--limit", "0", "--out", str(out))
-    assert r.returncode != 0 and "--limit must be at least 1, got 0" in r.stderr
+    assert r.returncode == 2 and "--limit must be at least 1, got 0" in r.stderr
     (tmp_path / "logs.json").write_text(json.dumps({"something": 1}))
     r = run_cli("--model", str(tmp_path / "m"), "--bench", "toy_forget10", "--retain-logs",
                 str(tmp_path / "logs.json"), "--out", str(out))
-    assert r.returncode != 0 and "expected open-unlearning's TOFU_EVAL.json" in r.stderr
+    assert r.returncode == 2 and "expected open-unlearning's TOFU_EVAL.json" in r.stderr
     logs = {"forget_truth_ratio": {"value_by_index": {str(i): {"score": 0.5} for i in range(7)}}}
     (tmp_path / "logs.json").write_text(json.dumps(logs))
     r = run_cli("--model", str(tmp_path / "m"), "--bench", "toy_forget10", "--retain-logs",
                 str(tmp_path / "logs.json"), "--out", str(out))
-    assert r.returncode != 0 and "7 forget items, but this forget split has 24" in r.stderr
+    assert r.returncode == 2 and "7 forget items, but this forget split has 24" in r.stderr
     assert not out.exists(), "a failed run wrote output"
 
 
@@ -156,6 +156,12 @@ def test_retain_logs_follow_the_evaluated_items_and_the_mask_rule(tmp_path):
         load_retain_logs(str(tmp_path / "ours.json"), 40, 12, "ou")
     with pytest.raises(ValueError, match="12 forget items, but this forget split has 40 and 13 are evaluated"):
         load_retain_logs(str(tmp_path / "ours.json"), 40, 13, "padding")
+    # open-unlearning's MUSE_EVAL.json: no truth ratios, its Min-K% AUC is the PrivLeak reference
+    (tmp_path / "muse.json").write_text(json.dumps({"mia_min_k": {"agg_value": 0.47}}))
+    assert load_retain_logs(str(tmp_path / "muse.json"))["muse_privleak_auc"] == 0.47
+    (tmp_path / "none.json").write_text(json.dumps({"retain": {"eval_mask": "ou"}}))
+    with pytest.raises(ValueError, match="no retain numbers in it"):
+        load_retain_logs(str(tmp_path / "none.json"))
 
 
 def test_metrics_json_never_holds_nan(tmp_path):

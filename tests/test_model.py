@@ -153,3 +153,15 @@ def test_unsupported_model_type(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
     with pytest.raises(ValueError, match="unsupported model_type 'bert'; supported: gpt2, llama, mistral"):
         GPT.from_pretrained(str(tmp_path))
+
+
+def test_a_saved_copy_keeps_its_tokenizer(tmp_path, smollm2_dir):
+    """A model loaded from a checkpoint and saved again (a fine-tuned target in the cache, an unlearned model)
+    carries the checkpoint's tokenizer files, so evaluate.py can read it back with the same token ids."""
+    from tokenizer import Tokenizer
+    model = GPT.from_pretrained(str(smollm2_dir), verbose=False)
+    model.save_pretrained(tmp_path / "copy")
+    text = "Question: Who wrote 'The Silent Orchard'?<|im_end|>\nAnswer: Basil Mahfouz Al-Kuwaiti"
+    ours, theirs = Tokenizer.from_pretrained(str(tmp_path / "copy")), Tokenizer.from_pretrained(str(smollm2_dir))
+    assert ours.encode(text) == theirs.encode(text) and ours.eos_id == theirs.eos_id
+    assert ours.prompt_ids("Who?") == theirs.prompt_ids("Who?")  # the chat template came along

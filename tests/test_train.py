@@ -98,7 +98,8 @@ def test_torchrun_two_processes(tmp_path, cache):
     # 24 forget examples in batches of 23: the last batch holds one, so one process gets none
     args = QUICK + ["--batch-size", "23"]
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "train.py", *args,
-                        "--out", out, "--cache", str(cache)], cwd=ROOT, capture_output=True, text=True, env=env)
+                        "--out", out, "--cache", str(cache)], cwd=ROOT, capture_output=True, text=True, env=env,
+                       timeout=900)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert "2 process(es)" in r.stdout
     single = str(tmp_path / "single")
