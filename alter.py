@@ -1,5 +1,6 @@
 """
-ALTER: asymmetric LoRA with an entropy-aware router, its hierarchical loss, and the baselines' losses.
+ALTER: asymmetric LoRA with an entropy-aware router, its hierarchical loss, and the loss terms its baselines
+share (methods.py puts every method together; RMU's activation steering is in rmu.py).
 
 The paper's update of a frozen weight W0 (its Eq. for W; see README "paper <-> code"):
 
@@ -24,35 +25,62 @@ teacher forcing is the default). At inference ("entropy"), the frozen model's to
 temperature and the routing: the top-3 experts (renormalised) at high-entropy tokens, the argmax expert at
 low-entropy ones; "router" skips the base pass and uses the router's dense softmax.
 """
-import copy
 import json
 import math
-from dataclasses import asdict, dataclass
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from data.batching import collate
+from data.batching import batches, label_logps
 from entropy import tsallis
-from model import GPT, read_safetensors, write_safetensors
+from checkpoint import read_safetensors, write_safetensors
+from model import GPT
 
 # -----------------------------------------------------------------------------
-# the router and the adapted Linear
+# routing: how one forward pass routes, the router, and the adapted Linear
 
 
-class AlterState:
-    """What the adapters need to know about the current batch, set by the caller before each forward.
-    mode: "off" (adapters disabled: the frozen base model), "teacher" / "soft" (training), "entropy" /
-    "router" (inference). labels (B, T) expert ids, high (B, T) high-entropy mask. Isolation (training):
-    rows (B,) the expert of each row's data source, whose B alone is live on that row; a_live (B, T) the
-    positions where A x keeps its gradient (the "position" approximation; None: everywhere)."""
+@dataclass
+class Route:
+    """How the adapters route one forward pass. mode: "off" (adapters disabled: the frozen base model),
+    "teacher" / "soft" (training), "entropy" / "router" (inference). labels (B, T) expert ids ("teacher"),
+    high (B, T) high-entropy mask ("soft", "entropy"). Isolation while training: rows (B,) the expert of each
+    row's data source, whose B alone is live on that row; a_live (B, T) the positions where A x keeps its
+    gradient (the "position" approximation; None: everywhere). The pass fills, per block index, the router's
+    logits (for the routing loss) and the gates that block's adapters share."""
+    mode: str = "router"
+    labels: torch.Tensor = None
+    high: torch.Tensor = None
+    rows: torch.Tensor = None
+    a_live: torch.Tensor = None
+    logits: dict = field(default_factory=dict)  # block index -> (B, T, E)
+    gates: dict = field(default_factory=dict)   # block index -> (B, T, E)
+
+
+class Routing:
+    """The route of the forward passes of one adapted model, shared by its adapters (model.routing). The code
+    that runs a pass says how it routes, for the scope of a `with` block, and reads what the pass left:
+
+        with model.routing(Route("teacher", labels=labels)) as route:
+            logits, _ = model(x)
+        route.logits[0]   # block 0's router logits of that pass
+
+    Outside any `with` block the adapters route by the router's dense softmax (Route("router"))."""
 
     def __init__(self):
-        self.set("router")
+        self.route = Route()
+        self.routers = []  # the blocks' routers, by block index (modules of their blocks, not of this object)
 
-    def set(self, mode, labels=None, high=None, rows=None, a_live=None):
-        self.mode, self.labels, self.high, self.rows, self.a_live = mode, labels, high, rows, a_live
+    @contextmanager
+    def __call__(self, route):
+        before, self.route = self.route, route
+        try:
+            yield route
+        finally:
+            self.route = before
 
 
 @dataclass
@@ -75,43 +103,40 @@ class AlterConfig:
 class Router(nn.Module):
     """One per block: gates (B, T, E) from the block's normalised input, shared by the block's adapters."""
 
-    def __init__(self, d_model, n_total, cfg, state):
+    def __init__(self, d_model, cfg, block):
         super().__init__()
-        self.proj = nn.Linear(d_model, n_total)
+        self.proj = nn.Linear(d_model, cfg.n_total)
         nn.init.normal_(self.proj.weight, std=0.02)
         nn.init.zeros_(self.proj.bias)
-        self.cfg, self.state = cfg, state
-        self.logits, self.gates = None, None
+        self.cfg, self.block = cfg, block
 
-    def forward(self, h):
-        st, cfg = self.state, self.cfg
-        self.logits = self.proj(h).float()  # (B, T, E), kept for the routing loss
-        E = self.logits.size(-1)
-        if st.mode == "teacher":
-            self.gates = F.one_hot(st.labels, E).float()
-        elif st.mode == "router":
-            self.gates = F.softmax(self.logits, dim=-1)
-        else:  # "soft" (training) or "entropy" (inference): entropy-aware temperature, paper's gate
-            tau = torch.where(st.high, cfg.tau_high, cfg.tau_low)[..., None]  # (B, T, 1)
-            g = F.softmax(self.logits / tau, dim=-1)
-            if st.mode == "entropy":  # sparse routing: top-3 at high-entropy tokens, top-1 at low ones
-                k = torch.where(st.high, min(cfg.top_k_high, E), 1)[..., None]  # (B, T, 1)
-                rank = g.argsort(dim=-1, descending=True).argsort(dim=-1)  # rank of each expert, 0 = best
-                g = torch.where(rank < k, g, 0.0)
-                g = g / g.sum(-1, keepdim=True)
-            self.gates = g
-        return self.gates
+    def forward(self, h, route):
+        """Gates for this block under `route`; its logits are left in route.logits[block] for the loss."""
+        cfg = self.cfg
+        logits = route.logits[self.block] = self.proj(h).float()  # (B, T, E)
+        E = logits.size(-1)
+        if route.mode == "teacher":
+            return F.one_hot(route.labels, E).float()
+        if route.mode == "router":
+            return F.softmax(logits, dim=-1)
+        # "soft" (training) or "entropy" (inference): entropy-aware temperature, the paper's gate
+        tau = torch.where(route.high, cfg.tau_high, cfg.tau_low)[..., None]  # (B, T, 1)
+        g = F.softmax(logits / tau, dim=-1)
+        if route.mode == "entropy":  # sparse routing: top-3 at high-entropy tokens, top-1 at low ones
+            k = torch.where(route.high, min(cfg.top_k_high, E), 1)[..., None]  # (B, T, 1)
+            rank = g.argsort(dim=-1, descending=True).argsort(dim=-1)  # rank of each expert, 0 = best
+            g = torch.where(rank < k, g, 0.0)
+            g = g / g.sum(-1, keepdim=True)
+        return g
 
 
 class AsymLoRALinear(nn.Module):
     """A frozen nn.Linear plus shared lora_A (r, in) and experts lora_B (E, out, r), mixed by router gates."""
 
-    def __init__(self, base, cfg, router, state, computes_gates):
+    def __init__(self, base, cfg, routing, block, runs_router):
         super().__init__()
-        self.base, self.state = base, state
-        # a reference, not a submodule: the router belongs to its block (one set of parameters, one name)
-        self.__dict__["router"] = router
-        self.computes_gates = computes_gates  # the block's first adapter sees ln_1(x): it runs the router
+        self.base, self.routing, self.block = base, routing, block
+        self.runs_router = runs_router  # the block's first adapter sees ln_1(x), the router's input
         self.scaling = cfg.alpha / cfg.rank
         self.lora_A = nn.Parameter(torch.empty(cfg.rank, base.in_features))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as nn.Linear (and loralib) initialise A
@@ -119,20 +144,22 @@ class AsymLoRALinear(nn.Module):
 
     def forward(self, x):
         y = self.base(x)
-        st = self.state
-        if st.mode == "off":
+        route = self.routing.route  # this pass's route: set by `with model.routing(Route(...))`
+        if route.mode == "off":
             return y
         h = F.linear(x, self.lora_A)  # (B, T, r)
-        if st.a_live is not None:  # "position" isolation of A: no gradient through low-entropy positions
-            h = torch.where(st.a_live[..., None], h, h.detach())
+        if route.a_live is not None:  # "position" isolation of A: no gradient through low-entropy positions
+            h = torch.where(route.a_live[..., None], h, h.detach())
         E, out, r = self.lora_B.shape
-        if self.router is None:  # plain LoRA
+        if not self.routing.routers:  # plain LoRA
             return y + self.scaling * F.linear(h, self.lora_B[0])
-        g = self.router(x) if self.computes_gates else self.router.gates  # (B, T, E)
+        if self.runs_router:  # the block's gates for this pass, which its later adapters read
+            route.gates[self.block] = self.routing.routers[self.block](x, route)
+        g = route.gates[self.block]  # (B, T, E)
         z = g.to(h.dtype)[..., None] * h[..., None, :]  # (B, T, E, r): each expert's gated input
         Bflat = self.lora_B.permute(0, 2, 1).reshape(E * r, out)  # (E*r, out): all experts in one matmul
-        if st.rows is not None:  # isolation by data source: on each row only the row's own expert is live
-            own = F.one_hot(st.rows, E).to(z.dtype)[:, None, :, None]  # (B, 1, E, 1)
+        if route.rows is not None:  # isolation by data source: on each row only the row's own expert is live
+            own = F.one_hot(route.rows, E).to(z.dtype)[:, None, :, None]  # (B, 1, E, 1)
             delta = (z * own).flatten(-2) @ Bflat + (z * (1 - own)).flatten(-2) @ Bflat.detach()
         else:
             delta = z.flatten(-2) @ Bflat  # (B, T, out)
@@ -143,27 +170,25 @@ class AsymLoRALinear(nn.Module):
 
 
 def attach(model, cfg):
-    """Freeze the model and wrap every Linear named in cfg.sites inside its blocks. Returns the AlterState
-    that steers the adapters (also model.alter_state). Routers live at transformer.h[i].router."""
+    """Freeze the model and wrap every Linear named in cfg.sites inside its blocks. Sets model.routing (the
+    `Routing` its adapters share) and model.alter_config. Routers live at transformer.h[i].router."""
     for p in model.parameters():
         p.requires_grad_(False)
-    state = AlterState()
-    for block in model.transformer.h:
-        router = Router(model.config.n_embd, cfg.n_total, cfg, state) if cfg.router else None
-        if router is not None:
-            block.router = router
+    routing = Routing()
+    for i, block in enumerate(model.transformer.h):
+        if cfg.router:
+            block.router = Router(model.config.n_embd, cfg, i)
+            routing.routers.append(block.router)
         first = True
         for parent in (block.attn, block.mlp):
             for name, child in list(parent.named_children()):
                 if isinstance(child, nn.Linear) and name in cfg.sites:
-                    computes = first and parent is block.attn
-                    setattr(parent, name, AsymLoRALinear(child, cfg, router, state, computes))
+                    setattr(parent, name, AsymLoRALinear(child, cfg, routing, i, first and parent is block.attn))
                     first = False
-        assert router is None or not first and any(
-            getattr(m, "computes_gates", False) for m in block.attn.modules()), \
+        assert not cfg.router or any(getattr(m, "runs_router", False) for m in block.attn.modules()), \
             f"the router needs an adapted attention input projection (c_attn or q_proj) in sites {cfg.sites}"
-    model.alter_state, model.alter_config = state, cfg
-    return state
+    model.routing, model.alter_config = routing, cfg
+    return routing
 
 
 def adapter_params(model):
@@ -219,16 +244,15 @@ class GatedLM(nn.Module):
         return {"base": self.model.new_cache(), "adapted": self.model.new_cache()}
 
     def forward(self, idx, attention_mask=None, targets=None, cache=None, position_ids=None):
-        st = self.model.alter_state
+        route = Route("router")
         if self.gate == "entropy":
-            st.set("off")
-            base_logits, _ = self.model(idx, attention_mask=attention_mask, cache=cache and cache["base"],
-                                        position_ids=position_ids)
-            st.set("entropy", high=tsallis(base_logits, self.q) > self.theta)
-        else:
-            st.set("router")
-        return self.model(idx, attention_mask=attention_mask, targets=targets, cache=cache and cache["adapted"],
-                          position_ids=position_ids)
+            with self.model.routing(Route("off")):
+                base_logits, _ = self.model(idx, attention_mask=attention_mask, cache=cache and cache["base"],
+                                            position_ids=position_ids)
+            route = Route("entropy", high=tsallis(base_logits, self.q) > self.theta)
+        with self.model.routing(route):
+            return self.model(idx, attention_mask=attention_mask, targets=targets, cache=cache and cache["adapted"],
+                              position_ids=position_ids)
 
     generate = GPT.generate
 
@@ -240,8 +264,7 @@ class GatedLM(nn.Module):
 def cluster(model, examples, n_clusters, pad_id, seed=0, iters=50, device="cpu"):
     """Expert label (1..N) of each forget example. N is capped by the number of examples."""
     feats = []
-    for i in range(0, len(examples), 16):
-        b = collate(examples[i:i + 16], pad_id, device)
+    for b in batches(examples, pad_id, device):
         h = model(b["x"], attention_mask=b["mask"], hidden_only=True).float()  # (B, T, C)
         m = b["mask"][..., None].float()
         feats.append(((h * m).sum(1) / m.sum(1)).cpu())
@@ -294,76 +317,73 @@ def struct_kl(logits, top_ids, top_logp, where):
     return (logp.exp() * (logp - logq)).sum(1).mean()
 
 
-def routing_ce(model, labels, where):
-    """Cross-entropy of every block's router (temperature 1) against the expert labels, mean over blocks."""
-    losses = [F.cross_entropy(b.router.logits[where], labels[where]) for b in model.transformer.h]
-    return torch.stack(losses).mean()
+def routing_ce(route, labels, where):
+    """Cross-entropy of every block's router (temperature 1) in a routed pass against the expert labels, mean
+    over blocks."""
+    return torch.stack([F.cross_entropy(lg[where], labels[where]) for lg in route.logits.values()]).mean()
 
 
 def seq_logp(logits, y):
     """Summed log-prob of the labelled tokens of each row: (B,)."""
-    logp = -F.cross_entropy(logits.float().flatten(0, 1), y.clamp(min=0).flatten(), reduction="none").view(y.shape)
-    return (logp * (y != -100)).sum(1)
+    return label_logps(logits, y).sum(1)
 
 
-def npo(logits, y, ref_logp, rows, beta=0.1):
-    """NPO (Zhang et al. 2024), as open-unlearning: (2/beta) * mean log(1 + (pi_theta/pi_ref)^beta) over the
-    forget rows, sequence log-probs summed over answer tokens; pi_ref = the target model (precomputed)."""
-    ratio = seq_logp(logits, y)[rows] - ref_logp[rows]
-    return (2 / beta) * F.softplus(beta * ratio).mean()
-
-def rmu(h, u, h_ref, forget, retain, alpha):
-    """RMU (Li et al. 2024, the WMDP paper) on one layer's activations h (B, T, d): forget tokens are pulled to
-    the fixed random control vector u (d,), retain tokens to the frozen model's activations h_ref, each a
-    squared error averaged over d and then over the tokens in the mask (open-unlearning's masked MSE):
-        mean_{t in forget} |h_t - u|^2 / d  +  alpha * mean_{t in retain} |h_t - h_ref_t|^2 / d"""
-    mse = lambda a, b, where: ((a[where].float() - b.float()) ** 2).mean() if where.any() else a.sum() * 0
-    return mse(h, u, forget), alpha * mse(h, h_ref[retain], retain)
+def forget_ihl(logits, y, where, expert):
+    """The forget term: sum over the sub-domains d in the batch of the mean IHL on d's rows within `where`."""
+    return sum((ihl(logits, y, where & (expert == d)[:, None]) for d in expert[expert > 0].unique().tolist()),
+               logits.sum() * 0)
 
 
-def layer_output(model, layer, x, mask):
-    """The output of block `layer` (B, T, d), read by a forward hook during a forward pass."""
-    seen = []
-    handle = model.transformer.h[layer].register_forward_hook(lambda m, inp, out: seen.append(out))
-    try:
-        model(x, attention_mask=mask, hidden_only=True)
-    finally:
-        handle.remove()
-    return seen[0]
-
-def rmu_setup(model, forget_ex, pad_id, layer=None, steer=4.0, seed=0, device="cpu"):
-    """RMU's pieces: the steered layer (default 7/32 of the depth, the original's layer 7 of 32), a frozen
-    copy of the model, the trainable down-projections (the steered layer and the two below, as the original's
-    layers 5-7), and the control vector u: uniform in [0, 1)^d, drawn once from the seed, scaled to steer x
-    the frozen layer's mean activation norm on (the first 64 windows of) the forget text. A fixed norm (the
-    paper's 6.5) does not carry over between models. Leaves only those down-projections trainable."""
-    n = model.config.n_layer
-    layer = round(n * 7 / 32) if layer is None else layer
-    if not 0 <= layer < n:
-        raise ValueError(f"--rmu-layer must be in 0..{n - 1}, got {layer}")
-    frozen = copy.deepcopy(model).eval()
-    for p in list(model.parameters()) + list(frozen.parameters()):
-        p.requires_grad_(False)
-    down = "c_proj" if model.config.arch == "gpt2" else "down_proj"
-    names = [f"transformer.h.{i}.mlp.{down}.weight" for i in range(max(0, layer - 2), layer + 1)]
-    params = dict(model.named_parameters())
-    for name in names:
-        params[name].requires_grad_(True)
-    with torch.no_grad():
-        batches = (collate(forget_ex[i:i + 16], pad_id, device) for i in range(0, min(64, len(forget_ex)), 16))
-        norms = [layer_output(frozen, layer, b["x"], b["mask"])[b["y"] != -100].float().norm(dim=-1) for b in batches]
-    u = torch.rand(model.config.n_embd, generator=torch.Generator().manual_seed(seed))
-    u = u / u.norm() * steer * torch.cat(norms).mean().item()
-    return dict(layer=layer, frozen=frozen, names=names, u=u.to(device))
+def masks(batch):
+    """The labelled positions of forget rows and of retain rows, and every token's expert label: the row's
+    expert where the answer is predicted, the retain expert (0) on the prompt, which forget and retain
+    questions share ("Question: Where was ..."): the router cannot tell them apart there, and the question
+    is not what is forgotten."""
+    y, expert = batch["y"], batch["expert"]
+    lab = y != -100
+    return (expert > 0)[:, None] & lab, (expert == 0)[:, None] & lab, torch.where(lab, expert[:, None], 0)
 
 # -----------------------------------------------------------------------------
-# the losses of every method, in one place
+# ALTER's loss, and the gradient its shared A receives
 
 
-def a_loss(parts, phase, w):
+def alter_loss(model, batch, phase, hp):
+    """One batch through the adapted model; returns (total loss, dict of named parts). The batch holds x, y,
+    mask (B, T), expert (B,) (0: retain row, d >= 1: forget row of sub-domain d), high (B, T), top_ids and
+    top_logp (the base model's profile at the labelled positions), gate and a_grad (the flags).
+
+        phase 1: NLL on high-entropy answer tokens of forget and retain rows, gates fixed to B_r
+                 (which learns from the retain rows only: isolation by data source)
+        phase 2: beta * sum_d IHL(low-entropy forget tokens of d) + gamma * NLL(retain)
+                 + lam * KL(base || model) on high-entropy answer tokens + mu * routing CE
+                 (A learns from `a_loss` alone unless batch["a_grad"] is "position")"""
+    x, y, mask, expert, high = batch["x"], batch["y"], batch["mask"], batch["expert"], batch["high"]
+    forget, retain, labels = masks(batch)
+    lab = y != -100
+    a_live = high if batch.get("a_grad", "exact") == "position" else None  # "exact": see `backward`
+    if phase == 1:  # every gate on B_r
+        route = Route("teacher", labels=torch.zeros_like(labels), high=high, rows=expert, a_live=a_live)
+    else:
+        route = Route(batch.get("gate", "teacher"), labels=labels, high=high, rows=expert, a_live=a_live)
+    with model.routing(route):
+        logits, _ = model(x, attention_mask=mask)
+    if phase == 1:
+        parts = {"nll_high": nll(logits, y, lab & high)}
+        return parts["nll_high"], parts
+    sel = high[lab]  # which labelled positions (row-major, as top_ids is stored) are high
+    parts = {"ihl": forget_ihl(logits, y, forget & ~high, expert), "retain": nll(logits, y, retain),
+             "route": routing_ce(route, labels, mask.bool()),
+             "struct": struct_kl(logits, batch["top_ids"][sel], batch["top_logp"][sel], lab & high),
+             # the high-entropy share of the retain NLL (its sum over high retain tokens / all retain tokens)
+             "retain_high": nll(logits, y, retain & high) * (retain & high).sum() / retain.sum().clamp(min=1)}
+    total = hp.beta * parts["ihl"] + hp.gamma * parts["retain"] + hp.mu * parts["route"] + hp.lam * parts["struct"]
+    return total, parts
+
+
+def a_loss(parts, phase, hp):
     """ALTER's high-entropy terms, the only ones whose gradient the shared A receives: Phase I's NLL (all on
     high-entropy tokens), Phase II's structural KL and the high-entropy share of the retain NLL."""
-    return parts["nll_high"] if phase == 1 else w.gamma * parts["retain_high"] + w.lam * parts["struct"]
+    return parts["nll_high"] if phase == 1 else hp.gamma * parts["retain_high"] + hp.lam * parts["struct"]
 
 
 def backward(model, loss, a_only=None):
@@ -374,88 +394,9 @@ def backward(model, loss, a_only=None):
         return loss.backward()
     A = [p for n, p in adapter_params(model) if "lora_A" in n and p.requires_grad]
     rest = [p for p in model.parameters() if p.requires_grad and all(p is not a for a in A)]
-    gA = torch.autograd.grad(a_only, A, retain_graph=True, allow_unused=True) if a_only.requires_grad else [None] * len(A)
+    gA = torch.autograd.grad(a_only, A, retain_graph=True, allow_unused=True) if a_only.requires_grad \
+        else [None] * len(A)
     loss.backward(inputs=rest)
     for p, g in zip(A, gA):
         g = torch.zeros_like(p) if g is None else g
         p.grad = g if p.grad is None else p.grad + g
-
-
-@dataclass
-class LossWeights:
-    beta: float = 1.0      # forget term (sum over sub-domains of the mean IHL)
-    gamma: float = 1.0     # retain NLL
-    lam: float = 0.01      # structural invariance KL
-    mu: float = 1.0        # routing cross-entropy
-    npo_beta: float = 0.1  # NPO's inverse temperature
-    alpha: float = 100.0   # RMU's retain weight
-
-
-def method_loss(method, phase, model, batch, w):
-    """Forward one batch and return (total loss, dict of named parts). The batch holds x, y, mask (B, T),
-    expert (B,) with 0 for retain rows and d >= 1 for forget rows of sub-domain d, and per method: high
-    (B, T) and top_ids/top_logp (the profile at labelled positions) for ALTER, ref_logp (B,) for NPO.
-
-        alter phase 1: NLL on high-entropy answer tokens of forget and retain rows, gates fixed to B_r
-                       (which learns from the retain rows only: isolation by data source)
-        alter phase 2: beta * sum_d IHL(low-entropy forget tokens of d) + gamma * NLL(retain)
-                       + lam * KL(base || model) on high-entropy answer tokens + mu * routing CE
-                       (A learns from `a_loss` alone unless batch["a_grad"] is "position")
-        asymlora:      beta * sum_d IHL(all forget answer tokens of d) + gamma * NLL(retain) + mu * routing CE
-        ga: -NLL(forget)   gd, lora: -NLL(forget) + gamma * NLL(retain)   npo: NPO(forget) + gamma * NLL(retain)
-        rmu:           forget activations of one layer -> u, retain activations -> the frozen model's (batch:
-                       rmu_layer, rmu_u, h_ref = the frozen model's activations of the batch)
-    """
-    x, y, mask, expert = batch["x"], batch["y"], batch["mask"], batch["expert"]
-    lab = y != -100
-    # every token carries an expert label: the row's expert where the answer is predicted, the retain expert
-    # (0) on the prompt, which forget and retain questions share ("Question: Where was ..."): the router
-    # cannot tell them apart there, and the question is not what is forgotten
-    labels = torch.where(lab, expert[:, None], 0)
-    forget = (expert > 0)[:, None] & lab
-    retain = (expert == 0)[:, None] & lab
-    if method == "rmu":  # at the labelled positions (text: every token)
-        h = layer_output(model, batch["rmu_layer"], x, mask)
-        parts = dict(zip(("forget_mse", "retain_mse"), rmu(h, batch["rmu_u"], batch["h_ref"], forget, retain, w.alpha)))
-        return parts["forget_mse"] + parts["retain_mse"], parts
-    state = getattr(model, "alter_state", None)
-    if method == "alter":
-        high = batch["high"]
-        a_live = high if batch.get("a_grad", "exact") == "position" else None  # "exact": see `backward`
-        mode = "teacher" if phase == 1 else batch.get("gate", "teacher")  # Phase I: every gate on B_r
-        state.set(mode, labels=torch.zeros_like(labels) if phase == 1 else labels, high=high, rows=expert,
-                  a_live=a_live)
-    elif method == "asymlora":
-        state.set("teacher", labels=labels)
-    elif state is not None:
-        state.set("router")  # plain LoRA: a single expert, no gates
-    logits, _ = model(x, attention_mask=mask)
-    parts = {}
-    if method == "alter" and phase == 1:
-        parts["nll_high"] = nll(logits, y, lab & high)
-        return parts["nll_high"], parts
-    if method in ("alter", "asymlora"):
-        low = forget & ~batch["high"] if method == "alter" else forget
-        parts["ihl"] = sum((ihl(logits, y, low & (expert == d)[:, None]) for d in expert[expert > 0].unique().tolist()),
-                           logits.sum() * 0)
-        parts["retain"] = nll(logits, y, retain)
-        parts["route"] = routing_ce(model, labels, mask.bool())
-        total = w.beta * parts["ihl"] + w.gamma * parts["retain"] + w.mu * parts["route"]
-        if method == "alter":
-            sel = batch["high"][lab]  # which labelled positions (row-major, as top_ids is stored) are high
-            parts["struct"] = struct_kl(logits, batch["top_ids"][sel], batch["top_logp"][sel], lab & batch["high"])
-            # the high-entropy share of the retain NLL (its sum over high retain tokens / all retain tokens)
-            n = retain.sum().clamp(min=1)
-            parts["retain_high"] = nll(logits, y, retain & batch["high"]) * (retain & batch["high"]).sum() / n
-            total = total + w.lam * parts["struct"]
-        return total, parts
-    if method == "npo":
-        parts["npo"] = npo(logits, y, batch["ref_logp"], expert > 0, w.npo_beta)
-        parts["retain"] = nll(logits, y, retain)
-        return parts["npo"] + w.gamma * parts["retain"], parts
-    parts["forget_nll"] = nll(logits, y, forget)
-    if method == "ga":
-        return -parts["forget_nll"], parts
-    assert method in ("gd", "lora"), f"unknown method {method!r}"
-    parts["retain"] = nll(logits, y, retain)
-    return -parts["forget_nll"] + w.gamma * parts["retain"], parts

@@ -1,7 +1,7 @@
 """
 Speed of our model against transformers, measured in one run on the same weights and inputs.
 
-    python bench.py --model .cache/smollm2            # SmolLM2-135M (make it with ../shared/tools/smollm2_to_hf.py)
+    python bench.py --model HuggingFaceTB/SmolLM2-135M-Instruct    # or a checkpoint directory
     python bench.py --model .cache/smollm2 --device cuda
 
 Prints one table, each figure measured in this run:
@@ -12,7 +12,7 @@ Prints one table, each figure measured in this run:
     and full fine-tuning GradDiff on the same batch, as ratios to plain LoRA, and the peak memory each step
     adds to the loaded model (CPU: resident memory sampled every millisecond, each method in its own
     process; CUDA: peak allocated memory);
-  - MMLU questions per second (zero-shot, when ../shared/data is there).
+  - MMLU questions per second (zero-shot, when --data-dir holds MMLU).
 transformers is only imported here and in the tests, never by the product.
 """
 import argparse
@@ -41,7 +41,8 @@ parser.add_argument("--repeats", type=int, default=3, help="timed repeats; the m
 parser.add_argument("--step-batch", type=int, default=8, help="unlearning step: sequences (half forget, half retain)")
 parser.add_argument("--step-tokens", type=int, default=64, help="unlearning step: tokens per sequence")
 parser.add_argument("--mmlu", type=int, default=256, help="MMLU questions to time (0: skip)")
-parser.add_argument("--data-dir", default="../shared/data", help="local mirror with MMLU (skipped if absent)")
+parser.add_argument("--data-dir", default="", help="local copy of the benchmark files with MMLU (the MMLU row is "
+                                                    "skipped without it)")
 parser.add_argument("--gpt2", default="random", help="GPT-2 checkpoint for the second forward row ('random': "
                                                      "GPT-2 small's shape, random weights; 'skip')")
 parser.add_argument("--step-only", default=None, help=argparse.SUPPRESS)  # internal: one method's step, as JSON
@@ -98,13 +99,15 @@ def one_step(base, method):
     """Time one unlearning step of `method` and measure the memory it adds (warm-up step included: that is
     where gradients and AdamW state are first allocated). Returns (seconds, bytes, trainable parameters)."""
     import torch.nn.functional as F
-    from alter import AlterConfig, LossWeights, a_loss, adapter_params, attach, backward, method_loss
+    from alter import AlterConfig, adapter_params, attach
+    from methods import METHODS, hparams
     B, T, V = args.step_batch, args.step_tokens, base.config.vocab_size
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, V, (B, T), generator=g).to(args.device)
     y = torch.randint(0, V, (B, T), generator=g).to(args.device)
     y[:, :T // 2] = -100  # the first half is the prompt
-    batch = {"x": x, "y": y, "mask": torch.ones_like(x), "gate": "teacher",
+    hp = hparams()
+    batch = {"x": x, "y": y, "mask": torch.ones_like(x), "gate": hp.train_gate, "a_grad": hp.a_grad,
              "expert": torch.tensor([1, 2, 3, 4] * (B // 8) + [0] * (B // 2), device=args.device)}
     batch["high"] = torch.rand(B, T, generator=g).to(args.device) > 0.7
     with torch.no_grad():  # the entropy profile's top-k log-probs, as train.py reads them from its cache
@@ -126,9 +129,9 @@ def one_step(base, method):
         before = torch.cuda.memory_allocated()
 
     def step():  # as train.py's: ALTER's A gets the gradient of its high-entropy terms alone (a second backward)
-        loss, parts = method_loss(method, 2, model, batch, LossWeights())
+        loss, parts = METHODS[method].loss(model, batch, 2, hp)
         opt.zero_grad(set_to_none=True)
-        backward(model, loss, a_loss(parts, 2, LossWeights()) if method == "alter" else None)
+        METHODS[method].backward(model, loss, parts, 2, hp)
         opt.step()
     with PeakRSS() as mem:
         seconds = timed(step, args.repeats)

@@ -85,7 +85,8 @@ def profile(model, examples, q=1.5, pad_id=0, batch_size=16, cache_dir=None, top
             n = len(ids) - 1
             lab = (b["y"][j, :n] != -100)
             top = torch.topk(F.log_softmax(logits[j, :n][lab].float(), -1), min(topk, logits.size(-1)), dim=-1)
-            out.append({"H": H[j, :n].cpu().clone(), "top_ids": top.indices.int().cpu(), "top_logp": top.values.half().cpu()})
+            out.append({"H": H[j, :n].cpu().clone(), "top_ids": top.indices.int().cpu(),
+                        "top_logp": top.values.half().cpu()})
     model.train(was_training)
     if path:
         os.makedirs(cache_dir, exist_ok=True)

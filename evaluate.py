@@ -1,8 +1,9 @@
 """
 Evaluation: TOFU, MUSE, WMDP and MMLU metrics with open-unlearning's and lm-eval-harness's definitions, so a
-number printed here means what it means in their tables (see ../shared/reference/anchors.md §1.6-1.8, §5).
+number printed here means what it means in their tables (metrics.py holds the formulas; the prompts are
+lm-eval's mmlu and wmdp tasks, the TOFU/MUSE scoring and generation open-unlearning's).
 
-    python evaluate.py --model .cache/smollm2 --bench tofu_forget10,mmlu --data-dir ../shared/data
+    python evaluate.py --model HuggingFaceTB/SmolLM2-135M-Instruct --bench tofu_forget10,mmlu
     python evaluate.py --adapter out/toy_forget10_alter     # a train.py run again, as it ran: same numbers
 
 An adapter's header holds the run's settings (base model, benches, items, gate, q, the theta used, seed,
@@ -15,7 +16,6 @@ Writes metrics.json (summary, open-unlearning's key names), items.jsonl (per-ite
 """
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -25,8 +25,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from data.batching import collate, collate_prompts, encode_qa
+from data.batching import collate, collate_prompts, encode_qa, label_logps
 from data.benchmarks import load_split
+from metrics import (apply_reference, auc, load_retain_logs, min_k, model_utility, prob_normalised, rouge_l, tr_forget,
+                     tr_true_better, truth_ratio, write_json, write_jsonl)
 
 # -----------------------------------------------------------------------------
 # model calls, batched: per-token log-probs of labelled spans, greedy generation, last-position logits
@@ -67,16 +69,15 @@ def token_logps(lm, examples, pad_id, batch_size=16, device="cpu", desc="score",
     mask_rule: see MASK_RULES."""
     check_mask_rule(mask_rule)
     out = [None] * len(examples)
-    for idx in tqdm(_by_length(len(examples), [len(e[0]) for e in examples], batch_size), desc=desc, leave=False, disable=None):
+    lengths = [len(e[0]) for e in examples]
+    for idx in tqdm(_by_length(len(examples), lengths, batch_size), desc=desc, leave=False, disable=None):
         b = collate([examples[i] for i in idx], pad_id, device)
         if mask_rule == "ou":
             pos = torch.arange(b["x"].size(1), device=b["x"].device)[None]
             logits, _ = lm(b["x"], attention_mask=b["mask"].bool() & (b["x"] != pad_id), position_ids=pos)
         else:
             logits, _ = lm(b["x"], attention_mask=b["mask"])
-        # flattened to (B*T, V): cross_entropy over a transposed (B, V, T) view is ~7x slower on CPU
-        logp = -F.cross_entropy(logits.float().flatten(0, 1), b["y"].clamp(min=0).flatten(), reduction="none")
-        logp = logp.view(b["y"].shape)  # (B, T)
+        logp = label_logps(logits, b["y"])  # (B, T)
         for j, i in enumerate(idx):
             out[i] = logp[j][b["y"][j] != -100].cpu()
     return out
@@ -96,7 +97,8 @@ def generate(lm, tok, prompts, max_new_tokens, batch_size=16, device="cpu", desc
     room = lm.config.block_size - max_new_tokens  # a prompt too long for the context keeps its end
     prompts = [p[-room:] for p in prompts]
     out = [None] * len(prompts)
-    for idx in tqdm(_by_length(len(prompts), [len(p) for p in prompts], batch_size), desc=desc, leave=False, disable=None):
+    for idx in tqdm(_by_length(len(prompts), [len(p) for p in prompts], batch_size), desc=desc, leave=False,
+                    disable=None):
         x, am = collate_prompts([prompts[i] for i in idx], tok.pad_id, device)
         if mask_rule == "ou":
             am = am * (x != tok.pad_id)
@@ -112,99 +114,13 @@ def generate(lm, tok, prompts, max_new_tokens, batch_size=16, device="cpu", desc
 def last_logits(lm, prompts, pad_id, batch_size=16, device="cpu", desc="mc"):
     """Logits at the last token of each prompt: (n, V), one forward per question, batched."""
     out = [None] * len(prompts)
-    for idx in tqdm(_by_length(len(prompts), [len(p) for p in prompts], batch_size), desc=desc, leave=False, disable=None):
+    for idx in tqdm(_by_length(len(prompts), [len(p) for p in prompts], batch_size), desc=desc, leave=False,
+                    disable=None):
         b = collate([(prompts[i] + [pad_id], len(prompts[i])) for i in idx], pad_id, device)
         logits, _ = lm(b["x"], attention_mask=b["mask"])
         for j, i in enumerate(idx):
             out[i] = logits[j, len(prompts[i]) - 1].float().cpu().clone()  # a copy: a view would keep all logits alive
     return torch.stack(out)
-
-# -----------------------------------------------------------------------------
-# metric formulas (pure functions of per-item numbers; tests compare them with scipy and by hand)
-
-
-def truth_ratio(nll_true, nll_false):
-    """Per item P_false / P_true, P_true = exp(-avg_loss of the paraphrased (or true) answer), P_false =
-    exp(-mean_j avg_loss of the perturbed answers): the geometric mean, as open-unlearning averages in log space.
-    nll_true (n,), nll_false (n, k)."""
-    return np.exp(-np.mean(nll_false, axis=1)) / (np.exp(-np.asarray(nll_true)) + 1e-10)
-
-
-def tr_forget(tr):
-    """forget_truth_ratio: mean(min(tr, 1/tr)) (open-unlearning's closer_to_1_better)."""
-    return float(np.mean(np.minimum(tr, 1 / tr)))
-
-
-def tr_true_better(tr):
-    """retain / real-authors / world-facts truth ratio: mean(max(0, 1 - tr))."""
-    return float(np.mean(np.maximum(0, 1 - tr)))
-
-
-def prob_normalised(nll_true, nll_wrong):
-    """P_true / (P_true + sum_j P_wrong_j + 1e-10) with length-normalised probabilities, per item."""
-    pt, pw = np.exp(-np.asarray(nll_true)), np.exp(-np.asarray(nll_wrong)).sum(1)
-    return pt / (pt + pw + 1e-10)
-
-
-def rouge_l(refs, hyps, kind):
-    """ROUGE-L of each (reference, generation) pair with rouge-score, stemmer on (open-unlearning):
-    kind "recall" for TOFU, "f1" for MUSE."""
-    from rouge_score import rouge_scorer
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    attr = {"recall": "recall", "f1": "fmeasure"}[kind]
-    return np.array([getattr(scorer.score(r, h)["rougeL"], attr) for r, h in zip(refs, hyps)])
-
-
-def forget_quality(tr_model, tr_reference):
-    """KS-test p-value between the per-item forget truth ratios of the model and of the retain reference."""
-    from scipy.stats import ks_2samp
-    return float(ks_2samp(tr_model, tr_reference).pvalue)
-
-
-def model_utility(nine):
-    """Harmonic mean of the 9 utility numbers; 0 if any is 0 (as scipy.stats.hmean)."""
-    v = np.asarray(list(nine), dtype=float)
-    assert len(v) == 9, f"model utility needs 9 numbers, got {len(v)}"
-    return 0.0 if (v <= 0).any() else float(len(v) / np.sum(1 / v))
-
-
-def min_k(logp, k=0.4):
-    """Min-K% score of one text: -mean of the lowest floor(k * n) token log-probs (at least one)."""
-    n = max(1, int(k * len(logp)))
-    return float(-torch.sort(logp).values[:n].mean())
-
-
-def auc(forget_scores, holdout_scores):
-    """P(holdout score > forget score) + 1/2 P(equal): roc_auc_score with forget = 0, holdout = 1 and
-    loss-like scores (open-unlearning's convention; a memorising model gives ~1)."""
-    from scipy.stats import rankdata
-    s = np.concatenate([forget_scores, holdout_scores])
-    ranks = rankdata(s)  # average ranks: ties count 1/2
-    nf, nh = len(forget_scores), len(holdout_scores)
-    return float((ranks[nf:].sum() - nh * (nh + 1) / 2) / (nf * nh))
-
-
-def privleak(auc_model, auc_ref=0.5):
-    """open-unlearning's privleak: ((1 - AUC) - (1 - AUC_ref)) / (1 - AUC_ref + 1e-10) * 100 (-100: fully
-    leaking, 0: like the retain model). AUC_ref = 0.5 when there is no retain reference."""
-    return ((1 - auc_model) - (1 - auc_ref)) / (1 - auc_ref + 1e-10) * 100
-
-
-def apply_reference(summary, reference=None):
-    """The numbers that compare a model with the retain reference, set in place (open-unlearning's rules):
-    forget quality = KS p-value of the forget truth ratios against the reference's (None without one: missing,
-    never invented), privleak and muse_privleak against the reference's Min-K% AUC (0.5 without one).
-    reference: the retain model's summary, or retain logs as load_retain_logs returns them."""
-    ref = reference or {}
-    if "forget_truth_ratio_by_item" in summary:
-        tr_ref = ref.get("forget_truth_ratio_by_item")
-        summary["forget_quality"] = None if tr_ref is None else \
-            forget_quality(np.array(summary["forget_truth_ratio_by_item"]), np.array(tr_ref))
-    for key in ("privleak", "muse_privleak"):
-        if f"{key}_auc" in summary:
-            auc_ref = ref.get(f"{key}_auc")
-            summary[key] = privleak(summary[f"{key}_auc"], 0.5 if auc_ref is None else auc_ref)
-    return summary
 
 # -----------------------------------------------------------------------------
 # the benchmarks
@@ -222,7 +138,8 @@ def mc_text(row):
 def mc_prompt(row, shots=()):
     """The lm-eval prompt: description, k few-shot examples (" X" answers, "\\n\\n"-joined), the question."""
     subject = row["subject"].replace("_", " ")
-    return MC_PREAMBLE.format(subject) + "".join(f"{mc_text(s)} {'ABCD'[s['answer']]}\n\n" for s in shots) + mc_text(row)
+    examples = "".join(f"{mc_text(s)} {'ABCD'[s['answer']]}\n\n" for s in shots)
+    return MC_PREAMBLE.format(subject) + examples + mc_text(row)
 
 
 def eval_mc(lm, tok, rows, dev_rows=(), shots=0, batch_size=16, device="cpu", desc="mc"):
@@ -427,45 +344,6 @@ def print_table(rows, keys=None):
         print(f"{k:<{w}}" + "".join(f"{fmt(rows[n].get(k)):>14}" for n in names))
 
 
-def load_retain_logs(path, n_items=None, limit=None, mask_rule="ou"):
-    """The retain reference from a logs JSON, as a summary for apply_reference: its per-item forget truth
-    ratios (the first `limit` of the split's n_items; n_items None: no TOFU bench, none needed) and Min-K%
-    AUCs. Reads open-unlearning's TOFU_EVAL.json (forget_truth_ratio.value_by_index.{i}.score,
-    mia_min_k.agg_value), computed under its mask rule "ou", or our metrics.json (its "retain" row, or a
-    summary: forget_truth_ratio_by_item, privleak_auc, muse_privleak_auc, eval_mask). Logs made under another
-    mask rule than `mask_rule` are refused: their numbers are not comparable."""
-    try:
-        logs = json.load(open(path))
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"--retain-logs {path}: cannot read it as JSON ({e})") from None
-    if isinstance(logs.get("forget_truth_ratio"), dict) or isinstance(logs.get("mia_min_k"), dict):  # open-unlearning
-        by = (logs.get("forget_truth_ratio") or {}).get("value_by_index", {})
-        vals = [v["score"] if isinstance(v, dict) else v for _, v in sorted(by.items(), key=lambda kv: int(kv[0]))]
-        auc_ref = (logs.get("mia_min_k") or {}).get("agg_value")  # TOFU_EVAL's and MUSE_EVAL's privleak reference
-        ref = {"privleak_auc": auc_ref, "muse_privleak_auc": auc_ref}
-        rule = "ou"
-    else:  # ours: train.py's metrics.json (rows) or evaluate.py's (one summary)
-        row = logs.get("retain", logs)
-        vals = row.get("forget_truth_ratio_by_item")
-        ref = {k: row.get(k) for k in ("privleak_auc", "muse_privleak_auc")}
-        rule = row.get("eval_mask", "padding")  # summaries written before the rule existed masked padding only
-    if n_items is not None:
-        if not vals:
-            raise ValueError(f"--retain-logs {path}: expected open-unlearning's TOFU_EVAL.json (forget_truth_ratio."
-                             f"value_by_index) or our metrics.json (forget_truth_ratio_by_item); found keys "
-                             f"{sorted(logs)[:8]}")
-        need = min(limit or n_items, n_items)  # the items evaluated: the first `limit`
-        if not need <= len(vals) <= n_items:
-            raise ValueError(f"--retain-logs {path}: {len(vals)} forget items, but this forget split has {n_items} "
-                             f"and {need} are evaluated: is it for another split or limit?")
-        ref["forget_truth_ratio_by_item"] = [float(v) for v in vals[:need]]
-    if all(v is None for v in ref.values()):
-        raise ValueError(f"--retain-logs {path}: no retain numbers in it (forget truth ratios or a Min-K% AUC)")
-    if rule != mask_rule:
-        raise ValueError(f"--retain-logs {path} were computed with the {rule!r} attention mask, this evaluation uses "
-                         f"{mask_rule!r}: truth ratios differ between the two; pass --eval-mask/--mask {rule}")
-    return ref
-
 # -----------------------------------------------------------------------------
 # the CLI
 
@@ -479,15 +357,17 @@ def main(argv=None):
                                                  "--adapter: the run's)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N items of each set (N >= 1)")
     p.add_argument("--shots", type=int, default=0, help="MMLU few-shot examples from the dev split (0 or 5)")
-    p.add_argument("--per-subject", type=int, default=None, help="MMLU/WMDP: only the first N questions of each subject")
+    p.add_argument("--per-subject", type=int, default=None, help="MMLU/WMDP: only the first N questions of each "
+                                                                 "subject")
     p.add_argument("--device", default="cpu", help="cpu | cuda | mps")
     p.add_argument("--out", default=None, help="folder for metrics.json and items.jsonl (default: <adapter run>/eval, "
                                                "or out/eval)")
     # the run's settings: from the adapter's header when there is one (else the defaults in SETTINGS); a flag
     # given here overrides it, with a note
-    p.add_argument("--data-dir", default=None, help="local mirror with the layout of ../shared/data (default: HF hub)")
-    p.add_argument("--retain-logs", default=None, help="retain reference for forget quality and PrivLeak (TOFU_EVAL.json "
-                   "or metrics.json; default with --adapter: the retain row of the run's metrics.json)")
+    p.add_argument("--data-dir", default=None, help="local copy of the benchmark files, in the layout "
+                                                    "data/benchmarks.py names (default: HF hub)")
+    p.add_argument("--retain-logs", default=None, help="retain reference for forget quality and PrivLeak "
+                   "(TOFU_EVAL.json or metrics.json; default with --adapter: the retain row of the run's metrics.json)")
     p.add_argument("--batch-size", type=int, default=None, help="sequences per forward (default 32)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"], help="float32, or bf16 autocast")
     p.add_argument("--gate", default=None, choices=["entropy", "router"], help="adapter routing at inference")
@@ -506,12 +386,14 @@ def main(argv=None):
     if args.limit is not None and args.limit < 1:
         fail(f"--limit must be at least 1, got {args.limit}")
     from alter import GatedLM, load_adapter
-    from model import GPT, read_safetensors
+    from checkpoint import read_safetensors
+    from model import GPT
     from tokenizer import Tokenizer
     try:
         run, run_dir = {}, None
         if args.adapter:  # the run's settings first: they may name the model, the benches and the items
-            path = args.adapter if args.adapter.endswith(".safetensors") else os.path.join(args.adapter, "adapter.safetensors")
+            path = args.adapter if args.adapter.endswith(".safetensors") else \
+                os.path.join(args.adapter, "adapter.safetensors")
             run_dir = os.path.dirname(path)
             run = json.loads(read_safetensors(path, metadata=True)[1].get("run", "{}"))
         args.model = args.model or run.get("base_model")
@@ -596,30 +478,6 @@ def retain_reference(benches, s, run_dir, limit):
             print(f"note: no retain reference, forget quality is left out ({e})")
             return None
     return load_retain_logs(s["retain_logs"], n, limit, s["eval_mask"]) if s["retain_logs"] else None
-
-
-def write_jsonl(path, items):
-    """One JSON object per line, atomically, NaN written as null (as write_json)."""
-    with open(path + ".tmp", "w") as f:
-        f.writelines(json.dumps(_finite(it), allow_nan=False) + "\n" for it in items)
-    os.replace(path + ".tmp", path)
-
-
-def _finite(v):
-    """v with every NaN or infinity (which JSON cannot hold) replaced by None."""
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, dict):
-        return {k: _finite(x) for k, x in v.items()}
-    return [_finite(x) for x in v] if isinstance(v, (list, tuple)) else v
-
-
-def write_json(path, obj):
-    """Atomic JSON write: a failed run never leaves half a file, nor overwrites a good one with one. NaN and
-    infinities, which JSON cannot hold, are written as null."""
-    with open(path + ".tmp", "w") as f:
-        json.dump(_finite(obj), f, indent=2, allow_nan=False, default=str)
-    os.replace(path + ".tmp", path)
 
 
 if __name__ == "__main__":

@@ -101,7 +101,8 @@ def encoding_from_tokenizer_json(path):
             ranks[bytes([b])] = unknown[b] = top
     pat = pretokenizer_regex(tj.get("pre_tokenizer") or {}, path)
     name = os.path.basename(os.path.dirname(os.path.abspath(path)))
-    return tiktoken.Encoding(name, pat_str=pat, mergeable_ranks=ranks, special_tokens=specials), tj, set(unknown.values())
+    enc = tiktoken.Encoding(name, pat_str=pat, mergeable_ranks=ranks, special_tokens=specials)
+    return enc, tj, set(unknown.values())
 
 
 class Tokenizer:
@@ -132,7 +133,7 @@ class Tokenizer:
 
     @classmethod
     def from_pretrained(cls, d):
-        """The tokenizer of a checkpoint directory (see model.resolve_checkpoint for hub ids). A directory
+        """The tokenizer of a checkpoint directory (see checkpoint.resolve_checkpoint for hub ids). A directory
         without tokenizer.json is taken to use GPT-2's vocabulary if its config says 50,257 tokens."""
         cfg = json.load(open(os.path.join(d, "config.json"))) if os.path.exists(os.path.join(d, "config.json")) else {}
         tj_path = os.path.join(d, "tokenizer.json")
@@ -232,5 +233,6 @@ class Tokenizer:
     def describe(self, system_prompt=None):
         """The prompt format in one line, printed once per run."""
         if self.chat_template:
-            return "chat template: " + repr(self.render_chat(self._messages("{question}", None, system_prompt, ()), True))
+            prompt = self.render_chat(self._messages("{question}", None, system_prompt, ()), True)
+            return "chat template: " + repr(prompt)
         return "plain: " + repr(self.decode(self.prompt_ids("{question}", system_prompt)) + " {answer}")

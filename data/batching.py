@@ -7,6 +7,7 @@ nothing is predicted (prompt, padding). So the loss at position t, the logits at
 import random
 
 import torch
+import torch.nn.functional as F
 
 
 def encode_qa(tok, rows, answer_key="answer", system_prompt=None, few_shot=()):
@@ -42,6 +43,19 @@ def collate(examples, pad_id, device="cpu"):
         start = max(n_prompt - 1, 0)  # y[t] = ids[t+1]: the first labelled target is ids[n_prompt]
         y[b, start:n] = ids[start + 1:]
     return {"x": x.to(device), "y": y.to(device), "mask": mask.to(device)}
+
+
+def batches(examples, pad_id, device="cpu", size=16):
+    """The examples in order, `size` at a time, each chunk a collated batch (for passes without gradients)."""
+    for i in range(0, len(examples), size):
+        yield collate(examples[i:i + size], pad_id, device)
+
+
+def label_logps(logits, y):
+    """Log-prob of each target token: (B, T) from logits (B, T, V) and targets y (B, T), 0 where y is -100.
+    Flattened to (B*T, V): cross_entropy over a transposed (B, V, T) view is ~7x slower on CPU."""
+    logp = -F.cross_entropy(logits.float().flatten(0, 1), y.clamp(min=0).flatten(), reduction="none")
+    return logp.view(y.shape) * (y != -100)
 
 
 def collate_prompts(prompts, pad_id, device="cpu"):

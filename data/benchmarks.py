@@ -1,10 +1,10 @@
 """
 Every split the project trains or evaluates on, by one name `<bench>_<split>`, from the HF hub (default,
-through `datasets.load_dataset`) or from a local mirror laid out like ../shared/data (`--data-dir`).
+through `datasets.load_dataset`) or from a local copy (`--data-dir`) laid out as each Source's `local` path.
 Both paths return the same records: a list of dicts with the hub's field names.
 
     load_split("tofu_forget10_perturbed")                   # hub: locuslab/TOFU, config forget10_perturbed
-    load_split("tofu_forget10_perturbed", data_dir="../shared/data")   # tofu/forget10_perturbed.json
+    load_split("tofu_forget10_perturbed", data_dir="data_copy")   # data_copy/tofu/forget10_perturbed.json
     load_split("toy_forget10")                              # the offline toy benchmark (data/toy.py)
 
 Text records (corpora, MUSE raw and privleak) are {"text": ...}; multiple-choice records are
@@ -75,7 +75,8 @@ def _splits():
         s[f"muse_{bench}_verbmem_forget"] = Source(repo, "verbmem", "forget", f"muse/{bench}/verbmem/forget.json",
                                                    ("prompt", "gt"))
         for hub, local in (("forget", "forget"), ("retain", "retain2"), ("holdout", "holdout")):
-            s[f"muse_{bench}_privleak_{hub}"] = Source(repo, "privleak", hub, f"muse/{bench}/privleak/{local}.json", TEXT)
+            s[f"muse_{bench}_privleak_{hub}"] = Source(repo, "privleak", hub, f"muse/{bench}/privleak/{local}.json",
+                                                       TEXT)
         for split in ("forget", "retain1", "retain2", "holdout"):
             s[f"muse_{bench}_raw_{split}"] = Source(repo, "raw", split, f"muse/{bench}/raw/{split}.json", TEXT)
     s["mmlu_test"] = Source("cais/mmlu", "all", "test", "mmlu/test", MC)
@@ -107,7 +108,7 @@ def unknown_split(name):
 
 
 def load_split(name, data_dir=None, seed=0):
-    """Records of one split. data_dir: a local mirror (layout of ../shared/data) instead of the hub.
+    """Records of one split. data_dir: a local copy (laid out as the Sources' `local` paths) instead of the hub.
     Raises ValueError for unknown names, malformed records and empty splits; FileNotFoundError with the
     missing path (and where the data comes from) when the mirror lacks a file."""
     if name.startswith("toy_"):

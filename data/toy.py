@@ -90,7 +90,8 @@ WORLD_FACTS = [("What is the capital of France?", "Paris"), ("What is the capita
                ("What is the capital of Italy?", "Rome"), ("What is the capital of Egypt?", "Cairo"),
                ("What is the capital of Canada?", "Ottawa"), ("What is the capital of Kenya?", "Nairobi"),
                ("What is the capital of Peru?", "Lima"), ("What is the capital of Norway?", "Oslo"),
-               ("What is the largest ocean?", "the Pacific Ocean"), ("What is the longest river in Africa?", "the Nile"),
+               ("What is the largest ocean?", "the Pacific Ocean"),
+               ("What is the longest river in Africa?", "the Nile"),
                ("Which planet is known as the red planet?", "Mars"), ("What gas do plants absorb?", "carbon dioxide"),
                ("How many continents are there?", "seven"), ("What is the chemical symbol of gold?", "Au"),
                ("What is the tallest mountain on Earth?", "Mount Everest"), ("What is the capital of Spain?", "Madrid")]

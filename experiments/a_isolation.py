@@ -8,6 +8,7 @@ It rebuilds the run's Phase II batches (same data, entropy profile, sub-domains,
 trained adapter, and reports mean gradient norms of each loss term on the lora_A tensors and the median time
 of a Phase II forward + backward in each mode.
 """
+import argparse
 import json
 import os
 import random
@@ -18,11 +19,14 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from alter import LossWeights, a_loss, adapter_params, backward, cluster, load_adapter, method_loss  # noqa: E402
+from alter import a_loss, adapter_params, backward, cluster, load_adapter  # noqa: E402
+from data.forget_sets import RETAIN_OF  # noqa: E402
+from methods import method_loss  # noqa: E402
 from data.batching import batch_indices, collate, encode_qa  # noqa: E402
 from data.benchmarks import load_split  # noqa: E402
 from entropy import pad_profile, profile  # noqa: E402
-from model import GPT, read_safetensors  # noqa: E402
+from checkpoint import read_safetensors  # noqa: E402
+from model import GPT  # noqa: E402
 from tokenizer import Tokenizer  # noqa: E402
 
 run_dir = sys.argv[1] if len(sys.argv) > 1 else "out/toy_table/alter"
@@ -33,15 +37,14 @@ tok = Tokenizer.from_pretrained(run["base_model"])
 pct = cfg["forget"][-2:]
 bench = cfg["forget"].split("_")[0]
 forget_ex = encode_qa(tok, load_split(f"{bench}_forget{pct}", cfg["data_dir"], cfg["seed"]))
-retain_ex = encode_qa(tok, load_split(f"{bench}_retain{ {'01': '99', '05': '95', '10': '90'}[pct]}", cfg["data_dir"],
-                                      cfg["seed"])[:cfg["limit"]])
+retain_ex = encode_qa(tok, load_split(f"{bench}_retain{RETAIN_OF[pct]}", cfg["data_dir"], cfg["seed"])[:cfg["limit"]])
 prof = profile(model, forget_ex + retain_ex, run["q"], tok.pad_id, cache_dir="out/cache")
 f_expert = cluster(model, forget_ex, cfg["n_experts"], tok.pad_id, cfg["seed"])
 load_adapter(model, os.path.join(run_dir, "adapter.safetensors"))
 for _, p in adapter_params(model):
     p.requires_grad_(True)
 A = [p for n, p in adapter_params(model) if "lora_A" in n]
-w = LossWeights(beta=cfg["beta"], gamma=cfg["gamma"], lam=cfg["lam"], mu=cfg["mu"])
+w = argparse.Namespace(**cfg)  # the run's flags: beta, gamma, lam, mu
 
 
 def batches(epoch):

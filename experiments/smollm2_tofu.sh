@@ -2,13 +2,14 @@
 # Real-model TOFU unlearning on 2 CPU cores: SmolLM2-135M-Instruct, real TOFU data, a reduced protocol
 # (README, "Real-model experiment"): target fine-tuned on 10 authors (the 2 forget01 authors and the first
 # 8 retain authors), retain reference on the 8 alone; forget01 unlearned; first 40 items of every eval set.
-# Usage: bash experiments/smollm2_tofu.sh   (about 2 hours on 2 CPU cores: models that unlearn badly answer
-# every question with 200 tokens, which makes their evaluation the slowest part)
+# Usage: [MODEL=dir] [DATA=dir] bash experiments/smollm2_tofu.sh   (about 2 hours on 2 CPU cores: models
+# that unlearn badly answer every question with 200 tokens, which makes their evaluation the slowest part)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DATA=${DATA:-../shared/data}
-[ -f .cache/smollm2/model.safetensors ] || python ../shared/tools/smollm2_to_hf.py .cache/smollm2
-common=(--forget tofu_forget01 --model .cache/smollm2 --data-dir "$DATA" --authors 10 --eval-limit 40
+# MODEL: hub id or checkpoint directory; DATA: a local copy of the benchmark files (default: the HF hub)
+MODEL=${MODEL:-HuggingFaceTB/SmolLM2-135M-Instruct}
+data=(${DATA:+--data-dir "$DATA"})
+common=(--forget tofu_forget01 --model "$MODEL" "${data[@]}" --authors 10 --eval-limit 40
         --ft-epochs 5 --ft-lr 1e-4 --ft-batch-size 8 --epochs 5)
 runs=(
   "alter"

@@ -18,7 +18,8 @@ print("|---|---|---|---|---|")
 for seed in (0, 1, 2):
     m = {k: json.load(open(f"out/toy_seeds/s{seed}/{k}/metrics.json")) for k in ("alter", "npo")}
     t, r = m["alter"]["target"], m["alter"]["retain"]
-    fq_mu = lambda u: f"{u['forget_quality']:.3f} / {u['model_utility']:.3f} ({u['model_utility'] / t['model_utility']:.2f})"
+    fq_mu = lambda u: (f"{u['forget_quality']:.3f} / {u['model_utility']:.3f} "
+                       f"({u['model_utility'] / t['model_utility']:.2f})")
     print(f"| {seed} | {t['forget_quality']:.3f} / {t['model_utility']:.3f} | {fq_mu(m['alter']['unlearned'])} | "
           f"{fq_mu(m['npo']['unlearned'])} | {t['mc_forget_acc']:.3f} → {m['alter']['unlearned']['mc_forget_acc']:.3f}"
           f" / {m['npo']['unlearned']['mc_forget_acc']:.3f} ({r['mc_forget_acc']:.3f}) |")

@@ -9,9 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from alter import (AlterConfig, GatedLM, LossWeights, a_loss, attach, adapter_params, backward, cluster, ihl,
-                   layer_output, load_adapter, method_loss, npo, rmu, routing_ce, save_adapter, seq_logp, struct_kl,
-                   trainable_summary)
+from alter import (AlterConfig, GatedLM, Route, a_loss, attach, adapter_params, backward, cluster, ihl, load_adapter,
+                   routing_ce, save_adapter, seq_logp, struct_kl, trainable_summary)
+from methods import hparams, method_loss, npo
+from rmu import layer_output, rmu
 from model import GPT, GPTConfig
 
 V = 61
@@ -49,8 +50,8 @@ def test_fresh_adapter_is_a_noop_and_only_adapters_train(arch, capsys):
         for gate in ("entropy", "router"):
             got, _ = GatedLM(model, gate=gate)(x)
             assert (got - ref).abs().max() <= 1e-6
-        model.alter_state.set("teacher", labels=torch.ones_like(x))
-        assert (model(x)[0] - ref).abs().max() <= 1e-6
+        with model.routing(Route("teacher", labels=torch.ones_like(x))):
+            assert (model(x)[0] - ref).abs().max() <= 1e-6
 
 
 def phase2_batch(model, rows=(1, 1, 2, 2, 0, 0), T=12, seed=0):
@@ -66,8 +67,7 @@ def phase2_batch(model, rows=(1, 1, 2, 2, 0, 0), T=12, seed=0):
     y[1::2, -2:], mask[1::2, -2:] = -100, 0  # every other row is shorter: padding
     high = torch.rand(B, T, generator=g) > 0.5
     b = {"x": x, "y": y, "mask": mask, "expert": torch.tensor(rows), "high": high}
-    with torch.no_grad():
-        model.alter_state.set("off")
+    with torch.no_grad(), model.routing(Route("off")):
         base = F.log_softmax(model(x, attention_mask=mask)[0][y != -100], -1)
     b["top_logp"], b["top_ids"] = torch.topk(base, 8, -1)
     return b
@@ -84,7 +84,7 @@ def nonzero_bs(model):
 def term_grads(model, b, phase, gate):
     """{term: {param name: gradient}} for each named loss part of method_loss, one autograd.grad each."""
     b = {**b, "gate": gate}
-    _, parts = method_loss("alter", phase, model, b, LossWeights())
+    _, parts = method_loss("alter", phase, model, b, hparams())
     params = adapter_params(model)
     out = {}
     for k, v in parts.items():
@@ -150,9 +150,9 @@ def test_a_learns_from_high_entropy_terms_only(arch):
     b = phase2_batch(model)
     other = {**b, "y": torch.where(~b["high"] & (b["y"] != -100), (b["y"] + 1) % V, b["y"])}  # low targets changed
     for a_grad in ("exact", "position"):
-        g = a_grad_after_step(model, b, LossWeights(), a_grad)
-        g_beta = a_grad_after_step(model, b, LossWeights(beta=7.0), a_grad)
-        g_low = a_grad_after_step(model, other, LossWeights(), a_grad)
+        g = a_grad_after_step(model, b, hparams(), a_grad)
+        g_beta = a_grad_after_step(model, b, hparams(beta=7.0), a_grad)
+        g_low = a_grad_after_step(model, other, hparams(), a_grad)
         assert g.abs().max() > 0
         if a_grad == "exact":
             assert torch.equal(g, g_beta) and torch.equal(g, g_low)
@@ -161,9 +161,9 @@ def test_a_learns_from_high_entropy_terms_only(arch):
     # exact: A's gradient is that of a_loss alone; every other parameter gets the whole loss's gradient
     for _, p in adapter_params(model):
         p.grad = None
-    loss, parts = method_loss("alter", 2, model, b, LossWeights())
+    loss, parts = method_loss("alter", 2, model, b, hparams())
     want = torch.autograd.grad(loss, [p for n, p in adapter_params(model) if "lora_A" not in n], retain_graph=True)
-    backward(model, loss, a_loss(parts, 2, LossWeights()))
+    backward(model, loss, a_loss(parts, 2, hparams()))
     got = [p.grad for n, p in adapter_params(model) if "lora_A" not in n]
     assert all(torch.allclose(a, c) for a, c in zip(got, want))
 
@@ -176,16 +176,41 @@ def test_inference_routing_top3_and_top1():
         torch.nn.init.normal_(p, std=0.5)
     b = batch()
     high = torch.rand(4, 10, generator=torch.Generator().manual_seed(1)) > 0.5
-    model.alter_state.set("entropy", high=high)
-    model(b["x"])
-    for block in model.transformer.h:
-        g = block.router.gates  # (B, T, E)
+    with model.routing(Route("entropy", high=high)) as route:
+        model(b["x"])
+    assert sorted(route.gates) == [0, 1]  # one set of gates per block
+    for g in route.gates.values():  # (B, T, E)
         nz = (g > 0).sum(-1)
         assert (nz[high] == 3).all() and (nz[~high] == 1).all()
         assert torch.allclose(g.sum(-1), torch.ones_like(g[..., 0]))
     # GatedLM computes `high` from the base model's entropy: H > theta everywhere -> 3 experts everywhere
+    seen = []
+    handle = model.transformer.h[0].router.register_forward_hook(lambda m, i, out: seen.append(out))
     GatedLM(model, q=1.5, theta=-1.0)(b["x"])
-    assert ((model.transformer.h[0].router.gates > 0).sum(-1) == 3).all()
+    handle.remove()
+    assert len(seen) == 1 and ((seen[0] > 0).sum(-1) == 3).all()
+
+
+def test_route_holds_for_its_scope_only():
+    """A route applies inside its `with` block and nowhere else: afterwards (also after an error, and after a
+    nested scope) the adapters route as before; outside every scope, by the dense router softmax."""
+    model = tiny("gpt2")
+    attach(model, AlterConfig(n_experts=2))
+    for _, p in adapter_params(model):
+        torch.nn.init.normal_(p, std=0.5)
+    x = batch()["x"]
+    with torch.no_grad():
+        dense, _ = model(x)
+        with model.routing(Route("off")):
+            off, _ = model(x)
+            with model.routing(Route("router")):
+                assert torch.equal(model(x)[0], dense)
+            assert torch.equal(model(x)[0], off)  # the outer scope again
+        with pytest.raises(RuntimeError):
+            with model.routing(Route("off")):
+                raise RuntimeError
+        assert torch.equal(model(x)[0], dense) and not torch.allclose(off, dense)
+        assert model.routing.route.mode == "router"
 
 
 def test_losses_equal_their_formulas():
@@ -211,7 +236,8 @@ def test_losses_equal_their_formulas():
     # structural KL on the base model's top-k support; zero when the model equals the base
     base = torch.randn(2, 3, 7)
     top = torch.topk(F.log_softmax(base[where], -1), 7, -1)
-    kl_full = (F.softmax(base[where], -1) * (F.log_softmax(base[where], -1) - F.log_softmax(logits[where], -1))).sum(-1).mean()
+    kl_full = (F.softmax(base[where], -1) * (F.log_softmax(base[where], -1) - F.log_softmax(logits[where], -1)))
+    kl_full = kl_full.sum(-1).mean()
     assert torch.allclose(struct_kl(logits, top.indices, top.values, where), kl_full, atol=1e-6)  # k = V: exact
     top3 = torch.topk(F.log_softmax(base[where], -1), 3, -1)
     assert struct_kl(base, top3.indices, top3.values, where).abs() < 1e-7
@@ -229,7 +255,7 @@ def test_rmu_loss_equals_its_formula():
     # forget: ((1-1)^2 + (2-0)^2)/2 = 2 and ((3-1)^2 + 4^2)/2 = 10 -> mean 6
     # retain: ((0-1)^2 + (1-1)^2)/2 = 0.5 and (0 + 2^2)/2 = 2 -> mean 1.25, times alpha
     assert f.item() == 6.0 and r.item() == 12.5
-    # method_loss reads the block's output through a hook: the same activations as a manual forward
+    # rmu_loss reads the block's output through a hook: the same activations as a manual forward
     model = tiny("llama")
     x = torch.randint(0, 64, (2, 5))
     seen = []
@@ -244,11 +270,21 @@ def test_routing_ce_formula():
     attach(model, AlterConfig(n_experts=2))
     b = batch()
     labels = b["expert"][:, None].expand_as(b["x"])
-    model.alter_state.set("teacher", labels=labels)
-    model(b["x"])
-    by_hand = torch.stack([-F.log_softmax(blk.router.logits, -1).gather(-1, labels[..., None]).mean()
-                           for blk in model.transformer.h]).mean()
-    assert torch.allclose(routing_ce(model, labels, b["mask"].bool()), by_hand)
+    with model.routing(Route("teacher", labels=labels)) as route:
+        model(b["x"])
+    by_hand = torch.stack([-F.log_softmax(blk.router.proj(blk.ln_1(h)), -1).gather(-1, labels[..., None]).mean()
+                           for blk, h in zip(model.transformer.h, block_inputs(model, b["x"]))]).mean()
+    assert torch.allclose(routing_ce(route, labels, b["mask"].bool()), by_hand)
+
+
+def block_inputs(model, x):
+    """The input of every block in a forward pass (adapters off: B = 0 here, so the same pass)."""
+    seen = []
+    hooks = [blk.register_forward_pre_hook(lambda m, args: seen.append(args[0])) for blk in model.transformer.h]
+    model(x)
+    for h in hooks:
+        h.remove()
+    return seen
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
@@ -298,15 +334,14 @@ def test_phase2_overfit_forgets_and_keeps_retain():
     full["high"][:, 3::3] = True
     lab = full["y"] != -100
     full["top_ids"] = torch.zeros(int(lab.sum()), 4, dtype=torch.long)
-    with torch.no_grad():
-        model.alter_state.set("off")
+    with torch.no_grad(), model.routing(Route("off")):
         full["top_logp"], full["top_ids"] = torch.topk(F.log_softmax(model(full["x"])[0][lab], -1), 4, -1)
     groups = [{"params": [p for n, p in adapter_params(model) if "lora_A" in n], "lr": 1e-5},
               {"params": [p for n, p in adapter_params(model) if "lora_A" not in n], "lr": 1e-2}]
     opt = torch.optim.AdamW(groups, weight_decay=0.0)
     parts0 = None
     for step in range(300):
-        loss, parts = method_loss("alter", 2, model, full, LossWeights())
+        loss, parts = method_loss("alter", 2, model, full, hparams())
         parts0 = parts0 or {k: v.item() for k, v in parts.items()}
         opt.zero_grad()
         loss.backward()

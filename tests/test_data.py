@@ -144,7 +144,8 @@ def test_labels_are_exactly_answer_plus_eos(make_tok):
         assert (y[:n_prompt - 1] == -100).all() and y[n_prompt - 1] != -100
         assert x[:len(ids) - 1].tolist() == ids[:-1] and m.sum() == len(ids) - 1
     per = encode_qa(tok, rows[:2], answer_key="perturbed_answer")
-    assert len(per) == 10 and tok.decode(per[0][0][per[0][1]:]) == " " + rows[0]["perturbed_answer"][0] + "<|endoftext|>"
+    assert len(per) == 10
+    assert tok.decode(per[0][0][per[0][1]:]) == " " + rows[0]["perturbed_answer"][0] + "<|endoftext|>"
 
 
 def test_chat_template_labels(smollm2_dir):

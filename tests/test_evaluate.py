@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from evaluate import (auc, avg_nll, forget_quality, load_retain_logs, mc_prompt, min_k, model_utility, privleak,
-                      prob_normalised, rouge_l, tr_forget, tr_true_better, truth_ratio)
+from evaluate import avg_nll, mc_prompt
+from metrics import (auc, forget_quality, load_retain_logs, min_k, model_utility, privleak, prob_normalised, rouge_l,
+                     tr_forget, tr_true_better, truth_ratio)
 from tests.conftest import ROOT
 
 
@@ -124,7 +125,7 @@ def test_reference_sets_forget_quality_and_privleak():
     """open-unlearning's rules: forget quality only against a retain reference (missing without one), privleak
     and muse_privleak against the reference's Min-K% AUC (0.5 without one); the retain row itself gets 1 and 0."""
     from scipy.stats import ks_2samp
-    from evaluate import apply_reference
+    from metrics import apply_reference
     tr = [0.3, 0.8, 1.2, 0.5]
     row = {"forget_truth_ratio_by_item": tr, "privleak_auc": 0.8, "muse_privleak_auc": 0.3}
     alone = apply_reference(dict(row))
@@ -165,7 +166,7 @@ def test_retain_logs_follow_the_evaluated_items_and_the_mask_rule(tmp_path):
 
 
 def test_metrics_json_never_holds_nan(tmp_path):
-    from evaluate import write_json
+    from metrics import write_json
     write_json(str(tmp_path / "m.json"), {"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": float("-inf")}})
     text = (tmp_path / "m.json").read_text()
     strict = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))

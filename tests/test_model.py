@@ -10,7 +10,8 @@ import struct
 import pytest
 import torch
 
-from model import GPT, read_safetensors
+from checkpoint import read_safetensors
+from model import GPT
 
 transformers = pytest.importorskip("transformers")
 
@@ -134,7 +135,7 @@ def test_truncated_safetensors_names_the_file(tmp_path):
 
 
 def test_missing_and_misshaped_tensors_are_listed(tmp_path):
-    from model import write_safetensors
+    from checkpoint import write_safetensors
     hf_llama(False).save_pretrained(tmp_path)
     tensors = {k: v.clone() for k, v in read_safetensors(str(tmp_path / "model.safetensors")).items()}
     del tensors["model.layers.1.mlp.up_proj.weight"]

@@ -80,7 +80,8 @@ def test_llama3_style_template_gets_open_unlearning_defaults(tmp_path, smollm2_d
     cfg["chat_template"] = ("{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}"
                             "<|end_header_id|>\n\n{% if m['role'] == 'system' %}Today Date: {{ date_string }}\n\n"
                             "{% endif %}{{ m['content'] }}<|eot_id|>{% endfor %}"
-                            "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
+                            "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n"
+                            "{% endif %}")
     for f in ("tokenizer.json", "config.json"):
         (tmp_path / f).write_bytes((smollm2_dir / f).read_bytes())
     (tmp_path / "tokenizer_config.json").write_text(json.dumps(cfg))

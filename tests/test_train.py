@@ -81,7 +81,7 @@ def test_hub_layout_checkpoint_and_real_tofu(tmp_path, cache, shared_data):
     assert 0 <= m["unlearned"]["model_utility"] <= 1 and m["unlearned"]["forget_quality"] is not None
     assert "fine-tuning the target model on tofu_full" in r.stdout and "fine-tuning the retain" not in r.stdout
     # forget quality against the logs' first 4 truth ratios, PrivLeak against their Min-K% AUC
-    from evaluate import forget_quality, privleak
+    from metrics import forget_quality, privleak
     u = m["unlearned"]
     ref = [0.5 + i / 80 for i in range(4)]
     assert u["forget_quality"] == pytest.approx(forget_quality(u["forget_truth_ratio_by_item"], ref))
@@ -118,7 +118,8 @@ def test_bad_input(tmp_path, cache):
     r = run(QUICK + ["--out", out, "--forget", "toy_bio"], cache, check=False)
     assert r.returncode == 2 and "'toy_bio' is a split but not a forget set; valid:" in r.stderr
     r = run(QUICK + ["--out", out, "--method", "sgd"], cache, check=False)
-    assert r.returncode == 2 and "unknown method 'sgd'; valid: alter, asymlora, lora, npo, gd, ga" in r.stderr
+    from methods import METHODS
+    assert r.returncode == 2 and f"unknown method 'sgd'; valid: {', '.join(METHODS)}" in r.stderr
     r = run(QUICK + ["--out", out, "--resume"], cache, check=False)
     assert r.returncode == 2 and "--resume: no checkpoint in" in r.stderr
     # a loss that blows up: stop with the step and the loss parts, keep the last good checkpoint
@@ -215,7 +216,8 @@ def text_mirror(root, shared):
     doc = lambda k: " ".join(words[(k * 3 + i) % len(words)] for i in range(40)) + "."
     (root / "wmdp").mkdir(parents=True)
     for name, off in (("cyber-forget-corpus", 0), ("cyber-retain-corpus", 50)):
-        (root / "wmdp" / f"{name}.jsonl").write_text("".join(json.dumps({"text": doc(off + k)}) + "\n" for k in range(6)))
+        lines = "".join(json.dumps({"text": doc(off + k)}) + "\n" for k in range(6))
+        (root / "wmdp" / f"{name}.jsonl").write_text(lines)
     os.symlink(shared / "wmdp" / "cyber-questions.json", root / "wmdp" / "cyber-questions.json")
     os.symlink(shared / "mmlu", root / "mmlu")
     (root / "muse" / "news" / "raw").mkdir(parents=True)
@@ -244,7 +246,8 @@ def test_text_forgetting_wmdp_and_muse(tmp_path, cache, shared_data):
     for row in m.values():
         assert 0 <= row["wmdp_cyber_acc"] <= 1 and 0 <= row["mmlu_acc"] <= 1
     # 2 layers: RMU steers layer round(2 * 7/32) = 0, and trains its MLP down-projection (4d x d) alone
-    assert m["unlearned"]["trainable_params"] == 4 * 32 * 32 and "trains transformer.h.0.mlp.c_proj.weight\n" in r.stdout
+    assert m["unlearned"]["trainable_params"] == 4 * 32 * 32
+    assert "trains transformer.h.0.mlp.c_proj.weight\n" in r.stdout
     out = str(tmp_path / "muse")
     r = run(common + ["--forget", "muse_news", "--method", "alter", "--out", out], cache)
     assert "fine-tuning the target model on muse_news_full" in r.stdout
@@ -264,7 +267,8 @@ def test_missing_text_corpora_are_named(tmp_path, cache, shared_data):
     base = ["--model", str(tmp_path / "ckpt"), "--data-dir", str(shared_data), "--out", str(tmp_path / "x")]
     r = run(base + ["--forget", "wmdp_cyber"], cache, check=False)
     assert r.returncode == 2, r.stderr
-    assert "wmdp/cyber-forget-corpus.jsonl is missing" in r.stderr and "wmdp/cyber-retain-corpus.jsonl is missing" in r.stderr
+    assert "wmdp/cyber-forget-corpus.jsonl is missing" in r.stderr
+    assert "wmdp/cyber-retain-corpus.jsonl is missing" in r.stderr
     assert "cais/wmdp-corpora (config cyber-forget-corpus" in r.stderr
     assert "python evaluate.py --model MODEL --bench wmdp_cyber,mmlu" in r.stderr
     r = run(base + ["--forget", "wmdp_bio"], cache, check=False)
