@@ -57,7 +57,8 @@ class Flag:
     def add_to(self, parser):
         if self.switch:
             return parser.add_argument(self.name, action="store_true", help=self.help)
-        parser.add_argument(self.name, type=self.type, default=self.default, choices=self.choices, help=self.help)
+        shown = self.help + (f" (default {self.default})" if self.default not in (None, "") else "")
+        parser.add_argument(self.name, type=self.type, default=self.default, choices=self.choices, help=shown)
 
     def problem(self, v):
         """Why value v is not valid for this flag, or None."""
@@ -246,6 +247,20 @@ def npo_loss(model, batch, phase, hp):
     return parts["npo"] + hp.gamma * parts["retain"], parts
 
 
+def simnpo_loss(model, batch, phase, hp):
+    """SimNPO (Fan et al. 2024, arXiv 2410.07163), as open-unlearning: NPO without a reference model, on the
+    length-normalised NLL: -(2/beta) * mean log sigmoid(beta * (NLL_sum/|y| - delta)) over the forget rows,
+    weighted by --simnpo-weight (open-unlearning's gamma); + gamma * NLL(retain) (its alpha)."""
+    logits, _ = model(batch["x"], attention_mask=batch["mask"])
+    _, retain, _ = masks(batch)
+    rows = batch["expert"] > 0
+    lab = (batch["y"] != -100)[rows]
+    mean_nll = -seq_logp(logits, batch["y"])[rows] / lab.sum(-1).clamp(min=1)
+    parts = {"simnpo": -(2 / hp.simnpo_beta) * F.logsigmoid(hp.simnpo_beta * (mean_nll - hp.simnpo_delta)).mean(),
+             "retain": nll(logits, batch["y"], retain)}
+    return hp.simnpo_weight * parts["simnpo"] + hp.gamma * parts["retain"], parts
+
+
 def rmu_prepare(model, data, args, device, log):
     r = rmu_setup(model, data.forget, data.pad_id, args.rmu_layer, args.rmu_steer, args.seed, device)
     log(f"RMU: layer {r['layer']}, |u| = {r['u'].norm():.2f}, trains {', '.join(r['names'])}")
@@ -302,6 +317,12 @@ METHODS = {
     "npo": Method("NPO, full fine-tuning", npo_loss, npo_prepare, full_groups, add_to_batch=npo_batch,
                   flags=(Flag("--npo-beta", default=0.1, positive=True, help="NPO's inverse temperature beta"),
                          GAMMA) + FULL),
+    "simnpo": Method("SimNPO: reference-free, length-normalised NPO; full fine-tuning", simnpo_loss, train_everything,
+                     full_groups,
+                     flags=(Flag("--simnpo-beta", default=4.5, positive=True, help="SimNPO's inverse temperature"),
+                            Flag("--simnpo-delta", default=0.0, help="SimNPO's margin delta"),
+                            Flag("--simnpo-weight", default=0.125, at_least=0, help="weight of the SimNPO term"),
+                            GAMMA) + FULL),
     "gd": Method("GradDiff, full fine-tuning", grad_diff, train_everything, full_groups, flags=(GAMMA,) + FULL),
     "ga": Method("gradient ascent, full fine-tuning", grad_ascent, train_everything, full_groups, flags=FULL),
     "rmu": Method(

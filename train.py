@@ -130,8 +130,7 @@ def fail(msg):
 
 
 def log0(*a):
-    if RANK == 0:
-        print(*a, flush=True)
+    RANK == 0 and print(*a, flush=True)
 
 
 def main(args):
@@ -436,7 +435,7 @@ def save_product(model, run, task, args, env):
     if not hasattr(model, "alter_config"):
         return model.save_pretrained(os.path.join(task.out, "model"))
     path = lambda p: p and os.path.abspath(p)
-    header = dict(q=args.q, theta=run.get("theta", args.theta), gate=run["gate"], seed=args.seed,
+    header = dict(q=args.q, theta=run.get("theta", args.theta), gate=run.get("gate", "router"), seed=args.seed,
                   system_prompt=args.system_prompt, eval_mask=args.eval_mask, base_model=path(model.source),
                   benches=task.benches, pct=task.pct, eval_limit=args.eval_limit, per_subject=args.per_subject,
                   data_dir=path(args.data_dir), retain_logs=path(args.retain_logs), dtype=env.dtype,

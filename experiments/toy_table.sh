@@ -1,15 +1,14 @@
 #!/usr/bin/env bash
-# The toy benchmark's table: all six methods and ALTER's ablations on the same seed, then one table.
-# Usage: bash experiments/toy_table.sh [extra train.py flags]   (about 10 minutes on 2 CPU cores)
+# The toy benchmark's table: every method in methods.METHODS and ALTER's ablations on the same seed, then one
+# table. Usage: bash experiments/toy_table.sh [extra train.py flags]   (about 25 minutes on 2 CPU cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-runs=(
-  "alter"
-  "asymlora --method asymlora"
-  "lora --method lora"
-  "npo --method npo"
-  "gd --method gd"
-  "ga --method ga"
+extra=("$@")
+runs=()
+for m in $(python -c "from methods import METHODS; print(' '.join(METHODS))"); do
+  runs+=("$m --method $m")
+done
+runs+=(
   "alter-no-phase1 --no-phase1"
   "alter-no-struct --lam 0"
   "alter-shannon --q 1"
@@ -21,7 +20,7 @@ for spec in "${runs[@]}"; do
   set -- $spec
   name=$1; shift
   echo "== $name"
-  python train.py --forget toy_forget10 --model tiny --out "out/toy_table/$name" --overwrite "$@" \
+  python train.py --forget toy_forget10 --model tiny --out "out/toy_table/$name" --overwrite "$@" "${extra[@]}" \
     | tail -n 3
 done
 python experiments/collect.py out/toy_table > results/toy_table.md

@@ -211,7 +211,7 @@ def test_malformed_split_fails_before_fine_tuning(tmp_path, cache, shared_data):
 
 def text_mirror(root, shared):
     """A local mirror for text forgetting: small WMDP-cyber and MUSE-News raw corpora written here, the
-    questions, MMLU and MUSE's evaluation sets linked from ../shared/data."""
+    questions, MMLU and MUSE's evaluation sets linked from the shared data folder."""
     words = "the server sends a packet to port eighty and the scanner logs every open service".split()
     doc = lambda k: " ".join(words[(k * 3 + i) % len(words)] for i in range(40)) + "."
     (root / "wmdp").mkdir(parents=True)
@@ -260,7 +260,7 @@ def test_text_forgetting_wmdp_and_muse(tmp_path, cache, shared_data):
 
 
 def test_missing_text_corpora_are_named(tmp_path, cache, shared_data):
-    """../shared/data has the WMDP questions and MUSE-News evaluation sets but no WMDP corpora and no MUSE
+    """The shared data folder has the WMDP questions and MUSE-News evaluation sets but no WMDP corpora and no MUSE
     raw retain text: the error names every missing file and where it comes from, before any work."""
     from model import GPT, GPTConfig, TINY
     GPT(GPTConfig(**{**TINY, "n_layer": 1, "n_embd": 32, "n_head": 2})).save_pretrained(tmp_path / "ckpt")
