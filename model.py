@@ -7,7 +7,7 @@ switches:
 
     GPT-2  (arch="gpt2"):  learned positions, LayerNorm with bias, GELU (tanh), fused c_attn, tied lm_head
     Llama  (arch="llama"): RoPE, RMSNorm, SwiGLU, grouped-query attention, no biases, tied or untied head
-                           (Llama-2/3.x, SmolLM2, Mistral/Zephyr without a sliding window)
+                           (Llama-2/3.x, SmolLM2, Mistral/Zephyr with its sliding window)
 
 Module names follow the HF checkpoints of each family (c_attn / q_proj, c_fc / gate_proj ...) so the key
 map in `hf_to_ours` is a handful of string replacements and the adapters in alter.py can name their sites.
@@ -171,6 +171,7 @@ class GPTConfig:
     attention_bias: bool = False  # biases on q/k/v/o (Llama only; GPT-2 always has them)
     mlp_bias: bool = False        # biases on the SwiGLU projections (Llama only)
     tie_word_embeddings: bool = True  # lm_head shares the token embedding matrix
+    sliding_window: int = None    # Mistral: a query sees only the last N positions (itself included)
     bos_token_id: int = None      # from the checkpoint's config.json, informational
     eos_token_id: list = field(default_factory=list)  # token ids that end generation
 
@@ -219,6 +220,7 @@ def config_from_hf(hf):
                      rope_theta=hf.get("rope_theta", rope.get("rope_theta", 10000.0)), rope_scaling=scaling,
                      attention_bias=hf.get("attention_bias", False), mlp_bias=hf.get("mlp_bias", False),
                      tie_word_embeddings=hf.get("tie_word_embeddings", False),
+                     sliding_window=hf.get("sliding_window") if mt == "mistral" else None,
                      bos_token_id=hf.get("bos_token_id"), eos_token_id=hf.get("eos_token_id"))
 
 # -----------------------------------------------------------------------------
@@ -296,9 +298,13 @@ class GPT(nn.Module):
         B, T = idx.size()
         past = 0 if cache is None or cache[0][0] is None else cache[0][0].size(2)
         causal = torch.ones(T, past + T, dtype=torch.bool, device=idx.device).tril(past)  # (T, S): j <= past + i
+        window = self.config.sliding_window
+        windowed = bool(window) and past + T > window
+        if windowed:  # Mistral: and j > past + i - window
+            causal &= ~causal.tril(past - window)
         if attention_mask is None:
             pos = torch.arange(past, past + T, device=idx.device).expand(B, T)
-            mask = None if past == 0 else causal[None, None]  # None: SDPA's own causal mask
+            mask = None if past == 0 and not windowed else causal[None, None]  # None: SDPA's own causal mask
         else:
             # positions count real tokens only, so a left-padded row behaves as if it were not padded
             am = attention_mask.bool()
@@ -393,12 +399,14 @@ class GPT(nn.Module):
                       activation_function="gelu_new", tie_word_embeddings=c.tie_word_embeddings,
                       architectures=["GPT2LMHeadModel"])
         else:
-            hf = dict(model_type="llama", vocab_size=c.vocab_size, max_position_embeddings=c.block_size,
+            hf = dict(model_type="mistral" if c.sliding_window else "llama", vocab_size=c.vocab_size, max_position_embeddings=c.block_size,
                       num_hidden_layers=c.n_layer, num_attention_heads=c.n_head, num_key_value_heads=c.n_kv_head,
                       hidden_size=c.n_embd, head_dim=c.head_dim, intermediate_size=c.intermediate_size,
                       rms_norm_eps=c.norm_eps, rope_theta=c.rope_theta, rope_scaling=c.rope_scaling,
                       attention_bias=c.attention_bias, mlp_bias=c.mlp_bias, hidden_act="silu",
                       tie_word_embeddings=c.tie_word_embeddings, architectures=["LlamaForCausalLM"])
+            if c.sliding_window:
+                hf.update(sliding_window=c.sliding_window, architectures=["MistralForCausalLM"])
         hf.update(bos_token_id=c.bos_token_id, eos_token_id=c.eos_token_id)
         inverse = {}
         for k, v in self.state_dict().items():

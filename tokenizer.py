@@ -6,14 +6,18 @@ Tokenizers as tiktoken Encodings, and the prompt formats of open-unlearning.
 - Any checkpoint with a byte-level BPE tokenizer.json (Llama-3.x, SmolLM2, GPT-2 ...): the vocabulary is
   converted to tiktoken ranks (token id = rank, which is what byte-level BPE vocabularies are ordered by),
   the pre-tokenizer to one regex, and every added token becomes a tiktoken special token.
+- SentencePiece-style BPE tokenizer.json (Llama-2, Mistral/Zephyr, MUSE's models): characters, not bytes, so
+  not a tiktoken Encoding but SentencePieceBPE below, which follows HF's rules step by step.
 - Prompts follow open-unlearning's `preprocess_chat_instance`: the checkpoint's chat template rendered with
   jinja2 when it has one, else "Question: {q}\nAnswer:" with the answer " {a}" (the space belongs to the
   answer so the label span starts exactly at its first word). The labelled span is what the full rendering
   adds to the prompt rendering, with EOS appended when it does not already end with it.
 """
 import hashlib
+import heapq
 import json
 import os
+import re
 from datetime import datetime
 
 import tiktoken
@@ -79,8 +83,10 @@ def encoding_from_tokenizer_json(path):
         tj = json.load(f)
     m = tj.get("model", {})
     if m.get("type") != "BPE":
-        raise ValueError(f"{path}: tokenizer model {m.get('type')!r} is not byte-level BPE (SentencePiece/Unigram "
-                         f"vocabularies such as Llama-2's are not supported)")
+        raise ValueError(f"{path}: tokenizer model {m.get('type')!r} is not BPE (Unigram and WordPiece "
+                         f"vocabularies are not supported)")
+    if m.get("byte_fallback") or "▁" in json.dumps(tj.get("normalizer")) + json.dumps(tj.get("pre_tokenizer")):
+        return SentencePieceBPE(tj, path), tj, set()
     decoder = {c: b for b, c in bytes_to_unicode().items()}
     specials = {t["content"]: t["id"] for t in tj.get("added_tokens", [])}
     ranks = {}
@@ -103,6 +109,97 @@ def encoding_from_tokenizer_json(path):
     name = os.path.basename(os.path.dirname(os.path.abspath(path)))
     enc = tiktoken.Encoding(name, pat_str=pat, mergeable_ranks=ranks, special_tokens=specials)
     return enc, tj, set(unknown.values())
+
+
+class SentencePieceBPE:
+    """A SentencePiece-style BPE tokenizer.json, encoded as HF `tokenizers` does: the text is split at added
+    tokens; in every other segment spaces become '▁' and a '▁' goes in front (normalizer Prepend: every
+    segment; Metaspace prepend_scheme always|first: every segment, or the text's start only, unless it already
+    starts with '▁'); each word is a sequence of characters, a character outside the vocabulary becomes its
+    UTF-8 bytes as <0xXX> tokens, and merges apply lowest rank first, leftmost first. Same interface as a
+    tiktoken Encoding where Tokenizer uses one."""
+
+    def __init__(self, tj, path):
+        m = tj["model"]
+        self.vocab, self.unk = m["vocab"], m["vocab"].get(m.get("unk_token"))
+        self.pieces = {i: p for p, i in self.vocab.items()}
+        self.byte_ids = [self.vocab.get(f"<0x{b:02X}>") for b in range(256)] if m.get("byte_fallback") else None
+        self.merges = {}  # (left id, right id) -> (rank, merged id)
+        for rank, mg in enumerate(m["merges"]):
+            a, b = mg.split(" ") if isinstance(mg, str) else mg
+            self.merges.setdefault((self.vocab[a], self.vocab[b]), (rank, self.vocab[a + b]))
+        self.specials = {t["content"]: t["id"] for t in tj.get("added_tokens", [])}
+        for t in tj.get("added_tokens", []):
+            self.pieces[t["id"]] = t["content"]
+        self.special_re = re.compile("(" + "|".join(map(re.escape, sorted(self.specials, key=len, reverse=True))) + ")")
+        norm, pre = tj.get("normalizer") or {}, tj.get("pre_tokenizer") or {}
+        steps = [s["type"] for s in norm.get("normalizers", [norm]) if s]
+        if steps == ["Prepend", "Replace"] and not pre:  # Llama-2's conversion ("legacy")
+            self.prepend, self.split = "every", False
+        elif not norm and pre.get("type") == "Metaspace":
+            self.prepend = {"always": "unless", "first": "first", "never": "never"}[pre.get("prepend_scheme",
+                                                                                          "always")]
+            self.split = pre.get("split", True)
+        else:
+            raise ValueError(f"{path}: unsupported SentencePiece-style normalizer {steps} with pre_tokenizer "
+                             f"{pre.get('type')} (supported: Prepend+Replace, or Metaspace)")
+        # Words can be cut before every '▁' that follows another character when no token spans such a place
+        # (true of SentencePiece vocabularies trained on words): exact, and each word is encoded once.
+        self.cut = self.split or not any(re.search("[^▁]▁", p) for p in self.vocab)
+        self.cache = {}
+
+    def encode(self, text, allowed_special="all"):
+        ids, at = [], 0
+        for seg in self.special_re.split(text) if self.specials else [text]:
+            if seg in self.specials:
+                ids.append(self.specials[seg])
+            elif seg:
+                s = seg.replace(" ", "▁")
+                if self.prepend == "every" or (self.prepend == "unless" or (self.prepend == "first" and at == 0)) \
+                        and not s.startswith("▁"):
+                    s = "▁" + s
+                for w in re.findall("▁*[^▁]+|▁+", s) if self.cut else [s]:
+                    if w not in self.cache:
+                        self.cache[w] = self.bpe(w)
+                    ids += self.cache[w]
+            at += len(seg)
+        return ids
+
+    def bpe(self, word):
+        """HF's BPE.merge_word: a min-heap of (rank, position) over a linked list of symbols."""
+        syms = []
+        for ch in word:
+            if ch in self.vocab:
+                syms.append(self.vocab[ch])
+            elif self.byte_ids and all(self.byte_ids[b] is not None for b in ch.encode()):
+                syms += [self.byte_ids[b] for b in ch.encode()]
+            elif not syms or syms[-1] != self.unk:  # fuse_unk
+                syms.append(self.unk)
+        nxt, prv = list(range(1, len(syms) + 1)), list(range(-1, len(syms) - 1))
+        heap = [(self.merges[p][0], i, p) for i, p in enumerate(zip(syms, syms[1:])) if p in self.merges]
+        heapq.heapify(heap)
+        while heap:
+            rank, i, pair = heapq.heappop(heap)
+            j = nxt[i]
+            if syms[i] is None or j >= len(syms) or (syms[i], syms[j]) != pair:
+                continue  # stale: one side was merged away since
+            syms[i], syms[j] = self.merges[pair][1], None
+            nxt[i] = nxt[j]
+            if nxt[i] < len(syms):
+                prv[nxt[i]] = i
+            for a, b in ((prv[i], i), (i, nxt[i])):
+                if a >= 0 and b < len(syms) and (syms[a], syms[b]) in self.merges:
+                    heapq.heappush(heap, (self.merges[syms[a], syms[b]][0], a, (syms[a], syms[b])))
+        return [s for s in syms if s is not None]
+
+    def decode(self, ids):
+        """Pieces joined, <0xXX> tokens as bytes, '▁' as a space, the first leading space dropped."""
+        out = b""
+        for i in ids:
+            p = self.pieces[i]
+            out += bytes([int(p[3:5], 16)]) if re.fullmatch(r"<0x[0-9A-F]{2}>", p) else p.replace("▁", " ").encode()
+        text = out.decode("utf-8", errors="replace")
+        return text[1:] if text.startswith(" ") and self.prepend != "never" else text
 
 
 class Tokenizer:

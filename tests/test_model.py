@@ -1,5 +1,5 @@
 """model.py against transformers: logits and greedy generation of tiny random GPT-2 and Llama checkpoints
-(single file and sharded), the real SmolLM2-135M checkpoint, and the loader's errors on bad input.
+(single file and sharded), Mistral's layout with its sliding window, the real SmolLM2-135M checkpoint, and the loader's errors on bad input.
 
 Run: python -m pytest -q tests/test_model.py
 """
@@ -29,6 +29,13 @@ def hf_llama(tied, **kw):
     return transformers.LlamaForCausalLM(cfg).eval()
 
 
+def hf_mistral(window):
+    cfg = transformers.MistralConfig(vocab_size=101, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
+                                     num_attention_heads=6, num_key_value_heads=2, sliding_window=window,
+                                     bos_token_id=1, eos_token_id=2)
+    return transformers.MistralForCausalLM(cfg).eval()
+
+
 CASES = {
     "gpt2": lambda: hf_gpt2(),
     "llama-gqa-untied": lambda: hf_llama(False),
@@ -36,6 +43,8 @@ CASES = {
     "llama3-rope-scaling": lambda: hf_llama(False, rope_scaling=dict(
         rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
         original_max_position_embeddings=16)),
+    "mistral": lambda: hf_mistral(4096),
+    "mistral-window-5": lambda: hf_mistral(5),  # shorter than the sequences: the window masks
 }
 
 

@@ -100,3 +100,47 @@ def test_system_prompt_override_reaches_every_prompt(smollm2_dir):
     plain = Tokenizer.gpt2()
     plain.system = "Be brief."
     assert plain.decode(plain.prompt_ids("Q?")) == "Be brief.\n\nQuestion: Q?\nAnswer:"
+
+
+ODD = ["", " ", "  x", " Hello", "Hello  world ", "a\u00a0b", "😀 emoji 🤖!", "é è ß 日本語", "\x00\x7f\x04",
+       "1234567 3.14 007", "\n\n  \t", "x</s> y", "<s>Hi", "Hi<s>", "▁already", "a▁▁b"]
+
+
+def spm_style_tokenizer(tmp_path, shared_data, variant, words=True):
+    """A SentencePiece-style BPE built and trained with HF `tokenizers` on TOFU answers (few characters kept,
+    so that byte fallback happens), saved as a checkpoint's tokenizer files; returns (dir, HF tokenizer)."""
+    from tokenizers import Tokenizer as HFTokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    ref = HFTokenizer(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
+    texts = [t for t in tofu_texts(shared_data)[1::2]][:1500 if words else 300]
+    if words:  # trained on words as SentencePiece is, or on whole texts (tokens that span spaces)
+        ref.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="always", split=True)
+    else:
+        ref.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    specials = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+    ref.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=1200, special_tokens=specials, limit_alphabet=50))
+    if variant == "legacy":  # Llama-2's conversion
+        ref.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+        ref.pre_tokenizer = None
+    else:
+        ref.normalizer = None
+        ref.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme=variant, split=variant == "always")
+    ref.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    ref.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>"}))
+    (tmp_path / "config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2}))
+    return tmp_path, ref
+
+
+@pytest.mark.parametrize("variant,words", [("legacy", True), ("first", True), ("always", True), ("legacy", False)])
+def test_sentencepiece_style_ids_equal_hf(tmp_path, shared_data, variant, words):
+    d, ref = spm_style_tokenizer(tmp_path, shared_data, variant, words)
+    tok = Tokenizer.from_pretrained(str(d))
+    assert tok.eos_id == 2 and tok.bos_id == 1
+    texts = tofu_texts(shared_data) + ODD
+    ours = [tok.encode(t) for t in texts]
+    theirs = [e.ids for e in ref.encode_batch(texts, add_special_tokens=False)]
+    bad = [(t, a, b) for t, a, b in zip(texts, ours, theirs) if a != b]
+    assert not bad, f"{len(bad)} of {len(texts)} texts differ, first: {bad[0]}"
+    assert any(3 <= i < 259 for ids in ours for i in ids)  # byte fallback was exercised
+    assert [tok.decode(ids) for ids in ours] == ref.decode_batch(theirs, skip_special_tokens=False)
