@@ -92,11 +92,16 @@ def load_checkpoint_tensors(d):
     raise FileNotFoundError(f"{d}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
 
 
+class HubError(FileNotFoundError):
+    """Something the run needs could not be fetched from the HF hub (offline, unknown or gated)."""
+
+
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
 
-def resolve_checkpoint(name_or_dir):
-    """A local directory as it is, or a HF hub id downloaded (config, tokenizer and weight files only)."""
+def resolve_checkpoint(name_or_dir, weights=True):
+    """A local directory as it is, or a HF hub id downloaded (config, tokenizer and, with `weights`, weight
+    files only)."""
     if os.path.isdir(name_or_dir):
         return name_or_dir
     looks_local = name_or_dir.startswith((".", "/", "~")) or name_or_dir.count("/") > 1 or \
@@ -105,8 +110,8 @@ def resolve_checkpoint(name_or_dir):
         raise FileNotFoundError(f"checkpoint directory not found: {name_or_dir}")
     try:
         from huggingface_hub import snapshot_download  # installed with `datasets`
-        return snapshot_download(name_or_dir, allow_patterns=["*.json", "*.safetensors", "*.jinja"])
+        return snapshot_download(name_or_dir, allow_patterns=["*.json", "*.jinja"] + ["*.safetensors"] * weights)
     except Exception as e:  # unknown repo, no network, gated model ...: one message, the cause named
         cause = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
-        raise FileNotFoundError(f"could not get checkpoint {name_or_dir!r}: it is not a local directory and the "
-                                f"HF hub download failed ({cause})") from None
+        raise HubError(f"could not get checkpoint {name_or_dir!r}: it is not a local directory and the HF hub "
+                       f"download failed ({cause})") from None

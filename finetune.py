@@ -25,10 +25,7 @@ def cached_finetune(name, bench, which, tok, args, env, log=print):
     """Fine-tune --model on a corpus once; later runs load it from the cache. The cache key hashes the model,
     the token ids of every training example (so the data source, --limit/--authors, the prompt format and
     system prompt) and every fine-tuning setting."""
-    examples = training_examples(bench, which, tok, args)
-    key = settings_key(model_id(args.model), examples, args.ft_epochs, args.ft_lr, args.ft_batch_size, args.seed,
-                       env.dtype)
-    path = os.path.join(args.cache, f"{bench}-{which}-{os.path.basename(args.model.rstrip('/'))}-{key}")
+    path, examples = cache_path(bench, which, tok, args, env)
     if main_process() and not os.path.exists(os.path.join(path, "config.json")):
         torch.manual_seed(args.seed)
         model = GPT(GPTConfig(**TINY)) if args.model == "tiny" else GPT.from_pretrained(args.model)
@@ -40,6 +37,14 @@ def cached_finetune(name, bench, which, tok, args, env, log=print):
     if torch.distributed.is_initialized():  # the other processes wait for it
         torch.distributed.barrier()
     return GPT.from_pretrained(path, verbose=False).to(env.device).eval()
+
+
+def cache_path(bench, which, tok, args, env):
+    """(where the fine-tuned model is cached, the examples it is fine-tuned on)."""
+    examples = training_examples(bench, which, tok, args)
+    key = settings_key(model_id(args.model), examples, args.ft_epochs, args.ft_lr, args.ft_batch_size, args.seed,
+                       env.dtype)
+    return os.path.join(args.cache, f"{bench}-{which}-{os.path.basename(args.model.rstrip('/'))}-{key}"), examples
 
 
 def finetune(model, examples, args, env, desc, log=print):

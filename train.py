@@ -1,21 +1,22 @@
 """
 One command from a base model to an evaluated unlearned model.
 
-    python train.py --forget toy_forget10 --model tiny                 # offline toy benchmark, CPU, minutes
-    python train.py --forget tofu_forget10 --model gpt2 --method npo   # real TOFU (hub, or --data-dir)
-    python train.py --forget toy_text --model tiny --method rmu        # text unlearning, offline (WMDP/MUSE-like)
-    python train.py --forget wmdp_cyber --model HuggingFaceTB/SmolLM2-135M-Instruct   # WMDP: corpora, MC, MMLU
-    torchrun --nproc_per_node=2 train.py --forget toy_forget10 --model tiny   # data parallel (gloo on CPU)
+    python train.py --forget tofu_forget10                 # TOFU with open-unlearning's Llama-3.2-1B models (GPU)
+    python train.py --forget toy_forget10                  # the offline toy benchmark: CPU, minutes
+    python train.py --forget tofu_forget10 --model gpt2 --method npo   # target and retain fine-tuned from gpt2
+    python train.py --forget toy_text --method rmu         # text unlearning, offline (WMDP/MUSE-like)
+    torchrun --nproc_per_node=2 train.py --forget toy_forget10   # data parallel (gloo on CPU)
 
-The run, `main` below, one function per stage: the plan (every check before any work), the target and retain
-models (fine-tuned from --model and cached unless given), unlearning (methods.py: ALTER's Phase I and Phase II,
-or a baseline; saved after every epoch, resumable), and evaluation of target, retain and unlearned side by side.
+The run, `main` below, one function per stage: the plan (plan.py: every check before any work, the
+benchmark's standard models, what will happen and an estimate of its time and memory), the unlearning data,
+the target and retain models (given, or fine-tuned from --model and cached), the method's preparation,
+unlearning (methods.py: ALTER's Phase I and Phase II, or a baseline; saved after every epoch, resumable), and
+evaluation of target, retain and unlearned side by side.
 """
 import argparse
 import json
 import os
 import random
-import sys
 import time
 from dataclasses import dataclass
 
@@ -26,14 +27,13 @@ from tqdm import tqdm
 from alter import GatedLM, save_adapter
 from checkpoint import resolve_checkpoint
 from data.batching import batch_indices, collate
-from data.benchmarks import load_split, split_names
-from data.forget_sets import (FORGET_AUTHORS, FORGETS, RETAIN_OF, TEXT_FORGETS, eval_benches, forget_pct, load_corpora,
-                              training_splits, unlearning_examples)
-from evaluate import bench_splits, evaluate, print_table
-from finetune import cached_finetune, model_id, settings_key
+from data.forget_sets import RETAIN_OF, unlearning_examples
+from evaluate import evaluate, print_table
+from finetune import cache_path, cached_finetune, model_id, settings_key
 from methods import METHODS, Flag, UnlearningData, method_flags
-from metrics import apply_reference, load_retain_logs, write_json, write_jsonl
+from metrics import apply_reference, write_json, write_jsonl
 from model import GPT
+from plan import device_and_dtype, estimate, fail, log0, plan, retain_finetuned
 from tokenizer import Tokenizer
 
 # distributed (torchrun): gloo on CPU, nccl on CUDA; rank 0 caches, logs, saves and evaluates
@@ -45,7 +45,8 @@ FLAGS = (
     # --- what to forget, and from which model
     Flag("--forget", str, "toy_forget10", "what to forget: toy_forget01|05|10, tofu_forget01|05|10 "
          "(question-answer pairs), toy_text, wmdp_bio|cyber, muse_news|books (text)"),
-    Flag("--model", str, "tiny", "'tiny' (from scratch, toy only), a HF hub id or a checkpoint dir"),
+    Flag("--model", str, help="base model fine-tuned into target and retain models: a HF hub id, a checkpoint dir, "
+         "or 'tiny' (from scratch, toy only); default: the benchmark's standard models (plan.MODELS)"),
     Flag("--target", str, help="target model (hub id or dir); default: fine-tune --model on the full data"),
     Flag("--retain-model", str, help="retain reference model; default: fine-tune --model on the retain data"),
     Flag("--retain-logs", str, help="retain reference as eval logs (TOFU_EVAL.json or our metrics.json)"),
@@ -82,20 +83,6 @@ FLAGS = (
     Flag("--log-every", int, 10, "log one line every N steps", at_least=1),
 )
 
-# per-benchmark defaults: the paper's lr_B 1e-3 x 3 epochs was for hundreds of forget examples (TOFU forget10:
-# 300 steps at batch 4); the toy forget set has 24, so it takes 20 epochs for a similar 120 steps (README)
-# (toy_text: its 4 biographies make 3 windows, one step per epoch; the models are those of the toy benchmark.
-# RMU on the toy: at the paper's alpha 100 forget-MC accuracy did not move; README, "Text unlearning")
-DEFAULTS = {
-    "toy": dict(lr_a=1e-5, lr_b=1e-3, lr=1e-4, epochs=20, ft_epochs=16, ft_lr=3e-3, rmu_lr=3e-2, rmu_alpha=10.0),
-    "tofu": dict(lr_a=1e-5, lr_b=1e-3, lr=1e-5, epochs=3, ft_epochs=5, ft_lr=1e-5, rmu_lr=5e-5, rmu_alpha=100.0),
-    "toy_text": dict(lr_a=1e-5, lr_b=1e-3, lr=1e-4, epochs=100, ft_epochs=16, ft_lr=3e-3, rmu_lr=3e-2,
-                     rmu_alpha=10.0, block_size=64),
-    "wmdp": dict(lr_a=1e-5, lr_b=1e-3, lr=5e-5, epochs=1, ft_epochs=0, ft_lr=0.0, rmu_lr=5e-5, rmu_alpha=100.0,
-                 block_size=256),
-    "muse": dict(lr_a=1e-5, lr_b=1e-3, lr=1e-5, epochs=10, ft_epochs=5, ft_lr=1e-5, rmu_lr=5e-5, rmu_alpha=100.0,
-                 block_size=256),
-}
 QA_KEYS = ["forget_quality", "model_utility", "forget_truth_ratio", "forget_Q_A_Prob", "forget_Q_A_ROUGE",
            "retain_Q_A_ROUGE", "privleak"]
 SHOWN = {"tofu": QA_KEYS, "toy": QA_KEYS + ["mc_forget_acc", "mc_retain_acc", "forget_verbmem_ROUGE"],
@@ -103,9 +90,6 @@ SHOWN = {"tofu": QA_KEYS, "toy": QA_KEYS + ["mc_forget_acc", "mc_retain_acc", "f
                       "muse_privleak", "forget_Q_A_ROUGE", "forget_quality"],
          "wmdp": ["{forget}_acc", "mmlu_acc"],
          "muse": ["forget_verbmem_ROUGE", "forget_knowmem_ROUGE", "retain_knowmem_ROUGE", "muse_privleak"]}
-# flags that do not change what a run computes (left out of its config.json)
-NOT_CONFIG = ("resume", "overwrite", "stop_after", "eval", "device", "eval_batch_size", "log_every", "out", "cache")
-
 
 def make_parser():
     parser = argparse.ArgumentParser(description="ALTER unlearning (and baselines), end to end")
@@ -124,128 +108,30 @@ def make_parser():
 parser = make_parser()
 
 
-def fail(msg):
-    print(f"error: {msg}", file=sys.stderr)
-    sys.exit(2)
-
-
-def log0(*a):
-    RANK == 0 and print(*a, flush=True)
-
-
 def main(args):
-    task = plan(args)                                            # 1. checks, defaults, the run folder
+    task = plan(args, FLAGS + tuple(method_flags().values()))    # 1. checks, defaults, what will happen
     env = start(args)                                            # device, dtype, seeds, processes
     tok = Tokenizer.gpt2() if args.model == "tiny" and not args.target else \
         Tokenizer.from_pretrained(resolve_checkpoint(args.target or args.model))
     tok.system = args.system_prompt  # training and evaluation prompts alike
-    log0("prompt format:", tok.describe())
-    target, retain = load_models(task, tok, args, env)           # 2. target and retain models
+    log0("  prompt  ", tok.describe())
+    data = unlearning_data(task, tok, args)                      # 2. unlearning data
+    estimate(task, data, finetuning_examples(task, tok, args, env), args, env)  # time and memory, measured
+    target, retain = load_models(task, tok, args, env)           # 3. target and retain models
     rows, reference = evaluate_references(target, retain, task, tok, args, env)
-    data = unlearning_data(task, tok, args)                      # 3. unlearning data, the method's preparation
+    del retain  # only its evaluation is needed from here on
     if RANK == 0:
         write_json(os.path.join(task.out, "config.json"), task.config)
     method = METHODS[args.method]
     torch.manual_seed(args.seed)  # adapter init must not depend on whether the models came from the cache
-    run = method.prepare(target, data, args, env.device, log0)
-    t_train = unlearn(target, method, data, run, task, args, env)  # 4. Phase I and II, or a baseline
+    run = method.prepare(target, data, args, env.device, log0)   # 4. the method's preparation
+    t_train = unlearn(target, method, data, run, task, args, env)  # 5. Phase I and II, or a baseline
     if t_train is None or RANK != 0:  # --stop-after, or a rank that is not 0
         return WORLD > 1 and torch.distributed.destroy_process_group()
-    evaluate_unlearned(target, run, rows, reference, t_train, task, tok, args, env)  # 5. evaluation
+    evaluate_unlearned(target, run, rows, reference, t_train, task, tok, args, env)  # 6. evaluation
 
 # -----------------------------------------------------------------------------
 # 1. the plan: every check before any work
-
-
-@dataclass
-class Task:
-    bench: str          # toy | tofu | wmdp | muse
-    pct: str            # 01 | 05 | 10: which forget set (toy_text forgets the toy_forget10 people's biographies)
-    text: bool          # text forgetting (every token a training position) or question-answer pairs
-    kind: str           # which DEFAULTS: the bench, or toy_text
-    benches: list       # what is evaluated
-    out: str            # the run folder
-    config: dict        # what makes the run what it is (config.json)
-    corpora: dict       # text forgetting: the forget and retain corpora, loaded once
-    retain_logs: dict   # the retain reference as logs, or None
-
-
-def check_args(args):
-    """Every flag checked before any work: one message and exit code 2 for the first bad one."""
-    if args.method not in METHODS:
-        fail(f"unknown method {args.method!r}; valid: {', '.join(METHODS)}")
-    if args.forget not in FORGETS:
-        what = "a split but not a forget set" if args.forget in split_names() else "not a forget set"
-        fail(f"{args.forget!r} is {what}; valid: {', '.join(FORGETS)}")
-    for f in FLAGS + tuple(method_flags().values()):
-        if f.problem(getattr(args, f.dest)):
-            fail(f.problem(getattr(args, f.dest)))
-
-
-def plan(args):
-    """Check the request, fill the benchmark's defaults, check the run folder and (preflight) every split and
-    checkpoint the run will read. Returns the Task."""
-    check_args(args)
-    text, bench = args.forget in TEXT_FORGETS, args.forget.split("_")[0]
-    pct = forget_pct(args.forget)
-    kind = "toy_text" if args.forget == "toy_text" else bench
-    corpora = load_corpora(args) if text and bench != "toy" else {}  # before any work
-    if args.authors and (bench != "tofu" or args.target or args.retain_model or args.retain_logs
-                         or args.authors <= FORGET_AUTHORS[pct]):
-        fail(f"--authors is for TOFU with fine-tuned target and retain models, and must exceed the "
-             f"{FORGET_AUTHORS[pct]} forget authors of {args.forget}")
-    args.eval_limit = args.eval_limit or args.limit
-    if args.model == "tiny" and bench != "toy" and needs_model(args, bench):
-        fail("--model tiny is the from-scratch model of the toy benchmark; give a checkpoint for " + bench)
-    if args.retain_logs and (text or args.retain_model):
-        fail("--retain-logs holds TOFU truth ratios: for tofu_forgetXX, and not with --retain-model")
-    for k, v in DEFAULTS[kind].items():
-        if getattr(args, k) is None:
-            setattr(args, k, v)
-    out = args.out or os.path.join("out", f"{args.forget}_{args.method}")
-    config = {k: v for k, v in vars(args).items() if k not in NOT_CONFIG}
-    check_run_folder(out, config, args)
-    benches = eval_benches(args.forget, [b for b in args.eval.split(",") if b])
-    retain_logs = preflight(args, bench, pct, text, benches)
-    return Task(bench, pct, text, kind, benches, out, config, corpora, retain_logs)
-
-
-def check_run_folder(out, config, args):
-    """A folder holding another run is not overwritten unless asked; a finished run is not redone."""
-    cfg_path = os.path.join(out, "config.json")
-    if os.path.exists(cfg_path) and RANK == 0:
-        old = json.load(open(cfg_path))
-        if old != config and not args.overwrite:
-            diff = {k: (old.get(k), v) for k, v in config.items() if old.get(k) != v}
-            fail(f"{out} holds a run with another config {diff}; pass --overwrite to replace it, or another --out")
-        if old == config and not (args.resume or args.overwrite) and os.path.exists(os.path.join(out, "metrics.json")):
-            fail(f"{out} already holds this finished run; pass --resume to re-evaluate it or --overwrite to redo it")
-    if args.resume and not os.path.exists(os.path.join(out, "checkpoint.pt")):
-        fail(f"--resume: no checkpoint in {out}")
-
-
-def needs_model(args, bench):
-    """Whether --model is used: fine-tuned into the target or the retain model, or (WMDP) the target itself."""
-    retain_ft = not (args.retain_model or args.retain_logs or bench == "wmdp" or (bench == "muse" and args.target))
-    return not args.target or retain_ft
-
-
-def preflight(args, bench, pct, text, benches):
-    """Load and check every split the run reads before any model is loaded or trained, so that a malformed
-    file fails in seconds rather than after hours of fine-tuning. Returns the retain logs, if any."""
-    for name in dict.fromkeys(training_splits(args.forget) + [n for b in benches for n in bench_splits(b, pct)]):
-        load_split(name, args.data_dir, args.seed)
-    # every checkpoint the run will load, found (hub ids fetched) now rather than after hours of fine-tuning
-    for flag in ("target", "retain_model") + (("model",) if args.model != "tiny" and needs_model(args, bench) else ()):
-        name = getattr(args, flag)
-        if name and not os.path.exists(os.path.join(resolve_checkpoint(name), "config.json")):
-            fail(f"--{flag.replace('_', '-')} {name}: no checkpoint there (no config.json)")
-    if METHODS[args.method].check(args):  # the method's own checks (RMU: its layer exists)
-        fail(METHODS[args.method].check(args))
-    if not args.retain_logs:
-        return None
-    n = len(load_split(f"{bench}_forget{pct}_perturbed", args.data_dir, args.seed))
-    return load_retain_logs(args.retain_logs, n, args.eval_limit, args.eval_mask)
 
 
 @dataclass
@@ -261,14 +147,11 @@ def start(args):
     """Processes (torchrun), device, dtype, seeds."""
     if WORLD > 1:
         torch.distributed.init_process_group("nccl" if torch.cuda.is_available() and args.device != "cpu" else "gloo")
-    device = args.device if args.device != "auto" else \
-        "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    device, dtype = device_and_dtype(args)
     if device == "cuda" and WORLD > 1:
         device = f"cuda:{RANK}"
-    dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
     ctx = torch.autocast(device.split(":")[0], dtype=torch.bfloat16) if dtype == "bfloat16" else \
         torch.autocast("cpu", enabled=False)
-    log0(f"device {device}, {dtype} ({'autocast' if dtype == 'bfloat16' else 'full precision'}), {WORLD} process(es)")
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -278,19 +161,32 @@ def start(args):
 # 2. target and retain models, and their evaluation
 
 
+def finetuned(task, args):
+    """{name: (corpus, which split)} of the target and retain models fine-tuned from --model."""
+    corpus = args.forget if task.bench == "muse" else task.bench
+    which = "retain" if task.bench == "muse" else f"retain{RETAIN_OF[task.pct]}"
+    return {**({} if args.target or task.bench == "wmdp" else {"target": (corpus, "full")}),
+            **({"retain": (corpus, which)} if retain_finetuned(args, task.bench) else {})}
+
+
+def finetuning_examples(task, tok, args, env):
+    """How many examples each model still to be fine-tuned (not cached) trains on."""
+    paths = {k: cache_path(*v, tok, args, env) for k, v in finetuned(task, args).items()}
+    return [len(ex) for path, ex in paths.values() if not os.path.exists(os.path.join(path, "config.json"))]
+
+
 def load_models(task, tok, args, env):
     """The model to unlearn (the target) and the retain reference (None when there is none, or logs)."""
-    corpus = args.forget if task.bench == "muse" else task.bench  # what target and retain are fine-tuned on
-    which = "retain" if task.bench == "muse" else f"retain{RETAIN_OF[task.pct]}"
-    if args.target or task.bench == "wmdp":  # WMDP unlearns what a pretrained model knows: the model itself
+    ft = finetuned(task, args)
+    if "target" in ft:
+        target = cached_finetune("target", *ft["target"], tok, args, env, log0)
+    else:  # given; WMDP unlearns what a pretrained model knows: the model itself
         target = GPT.from_pretrained(args.target or args.model).to(env.device).eval()
-    else:
-        target = cached_finetune("target", corpus, "full", tok, args, env, log0)
     retain = None
     if args.retain_model:
         retain = GPT.from_pretrained(args.retain_model).to(env.device).eval()
-    elif not args.retain_logs and task.bench != "wmdp" and not (task.bench == "muse" and args.target):
-        retain = cached_finetune("retain", corpus, which, tok, args, env, log0)
+    elif "retain" in ft:
+        retain = cached_finetune("retain", *ft["retain"], tok, args, env, log0)
     env.t_models = time.time() - env.t_start
     return target, retain
 
@@ -342,7 +238,7 @@ def unlearning_data(task, tok, args):
     if not forget or not retain:
         fail(f"empty forget ({len(forget)}) or retain ({len(retain)}) set")
     unit = f"windows of <= {args.block_size} tokens" if task.text else "examples"
-    log0(f"unlearning data: {len(forget)} forget / {len(retain)} retain {unit}")
+    log0(f"  examples {len(forget)} forget / {len(retain)} retain {unit}")
     os.makedirs(task.out, exist_ok=True)
     return UnlearningData(forget, retain, tok.pad_id)
 

@@ -15,6 +15,8 @@ import json
 import os
 from dataclasses import dataclass
 
+from checkpoint import HubError
+
 # -----------------------------------------------------------------------------
 # the split table
 
@@ -141,7 +143,7 @@ def _load_hub(src):
     except Exception as e:
         msg = f"could not load {src.repo} ({src.config}, split {src.split}) from the HF hub: {type(e).__name__}: " \
               f"{str(e).splitlines()[0][:200] if str(e) else ''}"
-        raise FileNotFoundError(msg + (f"\n{src.note}" if src.note else "") +
+        raise HubError(msg + (f"\n{src.note}" if src.note else "") +
                                 "\n(offline? pass --data-dir DIR with a local mirror)") from None
     rows = [dict(r) for r in ds]
     if src.repo == "cais/mmlu":

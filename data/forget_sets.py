@@ -6,6 +6,7 @@ which examples are forgotten and which kept, and which benches evaluate the resu
     toy_text, wmdp_bio|cyber, muse_news|books  raw text, cut into windows (every token a training position)
 """
 from data.batching import encode_qa, encode_text
+from checkpoint import HubError
 from data.benchmarks import load_split
 
 # text forgetting: forget corpus, retain corpus, what is evaluated. WMDP's retain corpora are its own
@@ -105,6 +106,8 @@ def load_corpora(args):
     for name in TEXT_FORGETS[args.forget][:2]:
         try:
             corpora[name] = load_split(name, args.data_dir)
+        except HubError:  # offline: train.py's plan names the flags that work without the hub
+            raise
         except FileNotFoundError as e:
             missing.append(f"  - {e}")
     if missing:

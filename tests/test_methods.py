@@ -7,10 +7,13 @@ Run: python -m pytest -q tests/test_methods.py
 import pytest
 import torch
 
+import plan
 import train
 from data.batching import collate
 from methods import METHODS, UnlearningData, method_flags
 from model import GPT, GPTConfig
+
+ALL_FLAGS = train.FLAGS + tuple(method_flags().values())
 
 V = 61
 
@@ -24,9 +27,9 @@ def toy_data(seed=0):
 
 
 def request(name):
-    """train.py's flags for this method, with the toy benchmark's defaults filled in, as train.plan does."""
+    """train.py's flags for this method, with the toy benchmark's defaults filled in, as plan.plan does."""
     args = train.parser.parse_args(["--method", name, "--n-experts", "2"])
-    for k, v in train.DEFAULTS["toy"].items():
+    for k, v in plan.DEFAULTS["toy"].items():
         if getattr(args, k) is None:
             setattr(args, k, v)
     args.cache = None
@@ -73,7 +76,7 @@ def test_every_method_flag_refuses_values_out_of_range(capsys):
         if bad is None:
             continue
         with pytest.raises(SystemExit) as e:
-            train.check_args(train.parser.parse_args([f"{f.name}={bad}"]))
+            plan.check_args(train.parser.parse_args([f"{f.name}={bad}"]), ALL_FLAGS)
         assert e.value.code == 2 and f.name in capsys.readouterr().err, f.name
         checked += 1
     assert checked >= 10

@@ -174,7 +174,10 @@ def test_evaluate_reproduces_the_run(toy_run):
 
 
 def test_bad_numbers_are_refused_before_any_work(capsys):
+    import plan
     import train
+    from methods import method_flags
+    ALL_FLAGS = train.FLAGS + tuple(method_flags().values())
     cases = [("--epochs", "-1", "--epochs must be at least 1"), ("--rank", "0", "--rank must be at least 1"),
              ("--lr-b", "0", "--lr-b must be greater than 0"), ("--lr", "-1e-5", "--lr must be greater than 0"),
              ("--q", "0", "--q must be greater than 0"), ("--limit", "0", "--limit must be at least 1"),
@@ -186,9 +189,9 @@ def test_bad_numbers_are_refused_before_any_work(capsys):
                                                                                           "least 2")]
     for flag, value, message in cases:
         with pytest.raises(SystemExit) as e:
-            train.check_args(train.parser.parse_args([f"{flag}={value}"]))
+            plan.check_args(train.parser.parse_args([f"{flag}={value}"]), ALL_FLAGS)
         assert e.value.code == 2 and message in capsys.readouterr().err, flag
-    train.check_args(train.parser.parse_args([]))  # the defaults pass
+    plan.check_args(train.parser.parse_args([]), ALL_FLAGS)  # the defaults pass
 
 
 def test_malformed_split_fails_before_fine_tuning(tmp_path, cache, shared_data):

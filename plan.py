@@ -1,0 +1,307 @@
+"""
+The plan of a run, train.py's first stage, made before any heavy work: every flag checked, the benchmark's
+defaults filled in (its standard models too), the run folder checked, every split and checkpoint found, and
+what will happen printed: models and their sizes, device and dtype, examples and steps of every stage, and
+(`estimate`, once the tokenizer and data are at hand) time and memory extrapolated from measured steps.
+Nothing is refused for being slow: the user decides.
+"""
+import json
+import math
+import os
+import resource
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+from checkpoint import HubError, resolve_checkpoint
+from data.batching import collate
+from data.benchmarks import load_split, split_names
+from data.forget_sets import (FORGET_AUTHORS, FORGETS, RETAIN_OF, TEXT_FORGETS, eval_benches, forget_pct,
+                              load_corpora, training_splits)
+from evaluate import bench_splits
+from methods import METHODS, full_groups
+from model import GPT, TINY, GPTConfig, config_from_hf
+
+RANK = int(os.environ.get("RANK", 0))
+
+# per-benchmark defaults: the paper's lr_B 1e-3 x 3 epochs was for hundreds of forget examples (TOFU forget10:
+# 300 steps at batch 4); the toy forget set has 24, so it takes 20 epochs for a similar 120 steps (README)
+# (toy_text: its 4 biographies make 3 windows, one step per epoch; the models are those of the toy benchmark.
+# RMU on the toy: at the paper's alpha 100 forget-MC accuracy did not move; README, "Text unlearning")
+DEFAULTS = {
+    "toy": dict(lr_a=1e-5, lr_b=1e-3, lr=1e-4, epochs=20, ft_epochs=16, ft_lr=3e-3, rmu_lr=3e-2, rmu_alpha=10.0),
+    "tofu": dict(lr_a=1e-5, lr_b=1e-3, lr=1e-5, epochs=3, ft_epochs=5, ft_lr=1e-5, rmu_lr=5e-5, rmu_alpha=100.0),
+    "toy_text": dict(lr_a=1e-5, lr_b=1e-3, lr=1e-4, epochs=100, ft_epochs=16, ft_lr=3e-3, rmu_lr=3e-2,
+                     rmu_alpha=10.0, block_size=64),
+    "wmdp": dict(lr_a=1e-5, lr_b=1e-3, lr=5e-5, epochs=1, ft_epochs=0, ft_lr=0.0, rmu_lr=5e-5, rmu_alpha=100.0,
+                 block_size=256),
+    "muse": dict(lr_a=1e-5, lr_b=1e-3, lr=1e-5, epochs=10, ft_epochs=5, ft_lr=1e-5, rmu_lr=5e-5, rmu_alpha=100.0,
+                 block_size=256),
+}
+# The benchmark's standard models, used when neither --model nor --target is given (README, "Models"): the
+# TOFU-fine-tuned Llama-3.2-1B-Instruct pair that open-unlearning publishes (its results table is the
+# comparison), the paper's and WMDP's Zephyr-7B-beta, and MUSE's own target and retrained models.
+MODELS = {
+    "toy": dict(model="tiny"), "toy_text": dict(model="tiny"),
+    "tofu": dict(target="open-unlearning/tofu_Llama-3.2-1B-Instruct_full",
+                 retain_model="open-unlearning/tofu_Llama-3.2-1B-Instruct_retain{retain}"),
+    "wmdp": dict(target="HuggingFaceH4/zephyr-7b-beta"),
+    "muse": dict(target="muse-bench/MUSE-{corpus}_target", retain_model="muse-bench/MUSE-{corpus}_retrain"),
+}
+# flags that do not change what a run computes (left out of its config.json)
+NOT_CONFIG = ("resume", "overwrite", "stop_after", "eval", "device", "eval_batch_size", "log_every", "out", "cache")
+# what evaluating one record costs (evaluate.py): sequences scored, tokens generated at most
+EVAL_WORK = {"perturbed": (7, 200), "holdout": (1, 0), "mc": (1, 0), "mmlu": (1, 0), "wmdp": (1, 0),
+             "verbmem": (0, 128), "knowmem": (0, 32), "privleak": (1, 0), "bio": (1, 0)}
+
+
+def fail(msg):
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
+def log0(*a):
+    RANK == 0 and print(*a, flush=True)
+
+
+@dataclass
+class Task:
+    bench: str          # toy | tofu | wmdp | muse
+    pct: str            # 01 | 05 | 10: which forget set (toy_text forgets the toy_forget10 people's biographies)
+    text: bool          # text forgetting (every token a training position) or question-answer pairs
+    kind: str           # which DEFAULTS: the bench, or toy_text
+    benches: list       # what is evaluated
+    out: str            # the run folder
+    config: dict        # what makes the run what it is (config.json)
+    corpora: dict       # text forgetting: the forget and retain corpora, loaded once
+    retain_logs: dict   # the retain reference as logs, or None
+    params: dict        # parameters of every checkpoint the run loads, by flag (from config.json alone)
+    eval_rows: dict     # records of every evaluation split, after --eval-limit
+
+
+def check_args(args, flags):
+    """Every flag checked before any work: one message and exit code 2 for the first bad one."""
+    if args.method not in METHODS:
+        fail(f"unknown method {args.method!r}; valid: {', '.join(METHODS)}")
+    if args.forget not in FORGETS:
+        what = "a split but not a forget set" if args.forget in split_names() else "not a forget set"
+        fail(f"{args.forget!r} is {what}; valid: {', '.join(FORGETS)}")
+    for f in flags:
+        if f.problem(getattr(args, f.dest)):
+            fail(f.problem(getattr(args, f.dest)))
+
+
+def plan(args, flags):
+    """Check the request, fill the benchmark's defaults, check the run folder, print the plan and (preflight)
+    find every split and checkpoint the run will read. Returns the Task."""
+    check_args(args, flags)
+    text, bench = args.forget in TEXT_FORGETS, args.forget.split("_")[0]
+    pct = forget_pct(args.forget)
+    kind = "toy_text" if args.forget == "toy_text" else bench
+    standard = args.model is None and args.target is None
+    if standard:  # the benchmark's standard models (MODELS)
+        names = dict(retain=RETAIN_OF[pct], corpus=args.forget.split("_")[-1].capitalize())
+        for k, v in MODELS[kind].items():
+            if getattr(args, k) is None and not (k == "retain_model" and args.retain_logs):
+                setattr(args, k, v.format(**names))
+    if args.authors and (bench != "tofu" or args.target or args.retain_model or args.retain_logs
+                         or args.authors <= FORGET_AUTHORS[pct]):
+        fail(f"--authors is for TOFU with target and retain models fine-tuned from --model, and must exceed the "
+             f"{FORGET_AUTHORS[pct]} forget authors of {args.forget}")
+    args.eval_limit = args.eval_limit or args.limit
+    if args.model == "tiny" and bench != "toy" and needs_model(args, bench):
+        fail(f"--model tiny is the from-scratch model of the toy benchmark; for {bench}, leave --model out for "
+             f"the benchmark's standard models ({', '.join(MODELS[kind].values())}) or give a checkpoint")
+    if args.model is None and needs_model(args, bench):
+        fail("the retain model is fine-tuned from --model: give --model, --retain-model or --retain-logs")
+    if args.retain_logs and (text or args.retain_model):
+        fail("--retain-logs holds TOFU truth ratios: for tofu_forgetXX, and not with --retain-model")
+    for k, v in DEFAULTS[kind].items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    out = args.out or os.path.join("out", f"{args.forget}_{args.method}")
+    config = {k: v for k, v in vars(args).items() if k not in NOT_CONFIG}
+    check_run_folder(out, config, args)
+    benches = eval_benches(args.forget, [b for b in args.eval.split(",") if b])
+    describe(args, bench, benches, out, standard)
+    task = Task(bench, pct, text, kind, benches, out, config, {}, None, {}, {})
+    try:
+        preflight(task, args)
+    except HubError as e:
+        fail(offline_message(args, kind, e))
+    return task
+
+
+def check_run_folder(out, config, args):
+    """A folder holding another run is not overwritten unless asked; a finished run is not redone."""
+    cfg_path = os.path.join(out, "config.json")
+    if os.path.exists(cfg_path) and RANK == 0:
+        old = json.load(open(cfg_path))
+        if old != config and not args.overwrite:
+            diff = {k: (old.get(k), v) for k, v in config.items() if old.get(k) != v}
+            fail(f"{out} holds a run with another config {diff}; pass --overwrite to replace it, or another --out")
+        if old == config and not (args.resume or args.overwrite) and os.path.exists(os.path.join(out, "metrics.json")):
+            fail(f"{out} already holds this finished run; pass --resume to re-evaluate it or --overwrite to redo it")
+    if args.resume and not os.path.exists(os.path.join(out, "checkpoint.pt")):
+        fail(f"--resume: no checkpoint in {out}")
+
+
+def retain_finetuned(args, bench):
+    """Whether the retain model is fine-tuned from --model (WMDP has none; MUSE with --target: logs or none)."""
+    return not (args.retain_model or args.retain_logs or bench == "wmdp" or (bench == "muse" and args.target))
+
+
+def has_retain_model(args, bench):
+    return bool(args.retain_model) or retain_finetuned(args, bench)
+
+
+def needs_model(args, bench):
+    """Whether --model is used: fine-tuned into the target or the retain model, or (WMDP) the target itself."""
+    return not args.target or retain_finetuned(args, bench)
+
+
+def checkpoints(args, bench):
+    """{flag: checkpoint} of every checkpoint the run loads (the toy's from-scratch model is none)."""
+    used = ("target", "retain_model") + (("model",) if args.model != "tiny" and needs_model(args, bench) else ())
+    return {f: getattr(args, f) for f in used if getattr(args, f)}
+
+
+def device_and_dtype(args):
+    device = args.device if args.device != "auto" else \
+        "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    return device, args.dtype if args.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
+
+
+def describe(args, bench, benches, out, standard):
+    """What the run will do, as far as it is known before anything is fetched."""
+    m = METHODS[args.method]
+    log0(f"plan: forget {args.forget} with {args.method} ({m.about})")
+    why = f"; {bench}'s standard models, README 'Models'" if standard and bench != "toy" else ""
+    for flag, name in checkpoints(args, bench).items():
+        where = "local" if os.path.isdir(name) else "HF hub"
+        role = {"model": "base model (fine-tuned into target/retain)"}.get(flag, flag.replace("_model", ""))
+        log0(f"  {role:<8} {name} ({where}{why})")
+        why = ""
+    if args.model == "tiny" and (needs_model(args, bench) or not args.target):
+        log0(f"  model    tiny: {GPT(GPTConfig(**TINY)).num_params() / 1e6:.1f} M parameters, trained from scratch")
+    log0(f"  data     {'generated (data/toy.py)' if bench == 'toy' else args.data_dir or 'HF hub'}")
+    device, dtype = device_and_dtype(args)
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    log0(f"  device   {device}, {dtype} ({'autocast' if dtype == 'bfloat16' else 'full precision'}), "
+         f"{torch.get_num_threads()} CPU threads" + (f", {world} processes" if world > 1 else ""))
+    phases = ", ".join(f"phase {p}: {n} epoch(s)" for p, n in m.phases(args) if n)
+    log0(f"  stages   target and retain models -> unlearning ({phases}; {args.batch_size} forget + "
+         f"{args.batch_size} retain examples per step) -> evaluation ({', '.join(benches)}) -> {out}")
+
+
+def offline_message(args, kind, e):
+    """One message for a run that needs the HF hub and cannot reach it: what it needs, and the flags that
+    make it work without the hub."""
+    names = dict(retain=RETAIN_OF[forget_pct(args.forget)], corpus=args.forget.split("_")[-1].capitalize())
+    std = ", ".join(f"{v.format(**names)} ({k.replace('_model', '')})" for k, v in MODELS[kind].items())
+    return (f"{e}\n{args.forget}'s standard models are {std}; they and the benchmark files come from the HF "
+            f"hub. Without the hub, give local copies:\n"
+            f"  --data-dir DIR       the benchmark files, laid out as data/benchmarks.py names them\n"
+            f"  --target DIR         the target checkpoint (e.g. `huggingface-cli download ID --local-dir DIR` "
+            f"where there is a network)\n"
+            f"  --retain-model DIR   the retain checkpoint\n"
+            f"  --model DIR          or a base model, fine-tuned into the target and retain models")
+
+
+def preflight(task, args):
+    """Fetch and check, before any model is loaded or trained: the checkpoints' configs (their sizes), every
+    split the run reads (so that a malformed file fails in seconds rather than after hours of fine-tuning),
+    then the checkpoints' weights. Fills task.params, task.eval_rows, task.corpora, task.retain_logs."""
+    for flag, name in checkpoints(args, task.bench).items():
+        path = os.path.join(resolve_checkpoint(name, weights=False), "config.json")
+        if not os.path.exists(path):
+            fail(f"--{flag.replace('_', '-')} {name}: no checkpoint there (no config.json)")
+        with torch.device("meta"):
+            task.params[flag] = GPT(config_from_hf(json.load(open(path)))).num_params()
+    if task.text and task.bench != "toy":
+        task.corpora = load_corpora(args)
+    for name in training_splits(args.forget):
+        load_split(name, args.data_dir, args.seed)
+    for name in dict.fromkeys(n for b in task.benches for n in bench_splits(b, task.pct)):
+        task.eval_rows[name] = len(load_split(name, args.data_dir, args.seed)[:args.eval_limit])
+    if METHODS[args.method].check(args):  # the method's own checks (RMU: its layer exists)
+        fail(METHODS[args.method].check(args))
+    if args.retain_logs:
+        from metrics import load_retain_logs
+        n = len(load_split(f"{task.bench}_forget{task.pct}_perturbed", args.data_dir, args.seed))
+        task.retain_logs = load_retain_logs(args.retain_logs, n, args.eval_limit, args.eval_mask)
+    sizes = ", ".join(f"{k.replace('_model', '')} {v / 1e9:.2f} B parameters" for k, v in task.params.items())
+    sizes and log0(f"  sizes    {sizes} ({4 * max(task.params.values()) / 1e9:.1f} GB each in float32)")
+    for name in checkpoints(args, task.bench).values():  # the weights: the largest downloads, now
+        resolve_checkpoint(name)
+
+# -----------------------------------------------------------------------------
+# the estimate: a few measured steps, extrapolated
+
+
+def clock(fn, device):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t = time.time()
+    fn()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.time() - t
+
+
+def hms(s):
+    return f"{s / 3600:.1f} h" if s >= 3600 else f"{s / 60:.0f} min" if s >= 60 else f"{s:.0f} s"
+
+
+def estimate(task, data, examples, args, env):
+    """Time and memory of every stage from one measured training step, one evaluation forward and a few
+    generated tokens of the model the run trains; printed, never enforced. `examples`: how many examples the
+    target and the retain model are fine-tuned on (0 for one that is given or cached)."""
+    if RANK != 0:
+        return
+    name = args.target or args.model
+    model = GPT(GPTConfig(**TINY)) if name == "tiny" else GPT.from_pretrained(name, verbose=False)
+    model.to(env.device)
+    n = min(args.batch_size, len(data.forget), len(data.retain))
+    train = collate(data.forget[:n] + data.retain[:n], data.pad_id, env.device)
+    k = min(args.eval_batch_size, 8)
+    scored = collate((data.forget * k)[:k], data.pad_id, env.device)
+    prompts = torch.stack([train["x"][0, :max(1, data.forget[0][1] - 1)]] * k)
+    if env.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+
+    def step():
+        with env.ctx:
+            model(train["x"], attention_mask=train["mask"], targets=train["y"])[1].backward()
+    t_step = clock(step, env.device)  # one step of 2n examples (forward, backward)
+    model.zero_grad(set_to_none=True)
+    with torch.no_grad(), env.ctx:
+        t_fwd = clock(lambda: model(scored["x"], attention_mask=scored["mask"]), env.device) / k
+        t_tok = clock(lambda: model.generate(prompts, max_new_tokens=4, eos_token_id=[]), env.device) / 4
+    peak = torch.cuda.max_memory_allocated() if env.device.startswith("cuda") else \
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    P = model.num_params()
+    # stages: fine-tuning (examples x epochs), unlearning (steps of 2n), evaluation of up to 3 models
+    ft = sum(examples) * args.ft_epochs * t_step / (2 * n)
+    steps = sum(e for _, e in METHODS[args.method].phases(args)) * math.ceil(len(data.forget) / args.batch_size)
+    unlearn = steps * t_step
+    seqs = tokens = 0.0  # scored sequences, generated tokens (one sequence each)
+    for split, rows in task.eval_rows.items():
+        s, g = next((w for key, w in EVAL_WORK.items() if key in split), (1, 0))
+        seqs, tokens = seqs + rows * s, tokens + rows * g
+    models = 2 + has_retain_model(args, task.bench) + (args.method == "alter")  # ALTER: base + adapted pass
+    evals = models * (seqs * t_fwd + tokens * t_tok / k)
+    full = METHODS[args.method].groups is full_groups
+    memory = peak + 8 * P * full + 4 * task.params.get("retain_model", 0)
+    total = ft + unlearn + evals
+    log0(f"  measured one training step of {2 * n} examples {t_step:.2f} s, {k} scored sequences "
+         f"{t_fwd * k:.2f} s, one generated token for {k} prompts {t_tok:.3f} s (peak memory {peak / 1e9:.1f} GB)")
+    log0(f"  estimate fine-tuning {hms(ft)}, unlearning {hms(unlearn)} ({steps} steps), evaluation {hms(evals)}: "
+         f"about {hms(total)} in all; memory about {memory / 1e9:.1f} GB "
+         f"({'AdamW on every parameter' if full else 'adapters: small optimizer state'})")
+    if env.device == "cpu" and total > 3600:
+        log0("  on this CPU that is hours; the reduced protocol runs in about 2 h on 2 cores: "
+             "experiments/smollm2_tofu.sh (SmolLM2-135M, 40 authors; README, 'Real-model experiment'), or use "
+             "--limit/--eval-limit for a quick look")
