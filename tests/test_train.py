@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from tests.conftest import ROOT
 
@@ -280,3 +281,46 @@ def test_missing_text_corpora_are_named(tmp_path, cache, shared_data):
     assert r.returncode == 2 and "muse/news/raw/retain1.json is missing" in r.stderr
     assert "raw/forget.json" not in r.stderr  # present in the mirror: not listed
     assert not os.path.exists(tmp_path / "x")
+
+
+def hub_cache(home, repo, model, tokenizer_dir):
+    """A checkpoint laid out as huggingface_hub caches a download of `repo` (HF_HOME/hub)."""
+    root = home / "hub" / ("models--" + repo.replace("/", "--"))
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    model.save_pretrained(root / "snapshots" / commit)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        (root / "snapshots" / commit / f).write_bytes((tokenizer_dir / f).read_bytes())
+    (root / "refs").mkdir(parents=True)
+    (root / "refs" / "main").write_text(commit)
+
+
+def test_bare_tofu_command_uses_the_standard_models_from_the_hub_cache(tmp_path, shared_data):
+    """`--forget tofu_forget10` with no model flags: open-unlearning's target and retain90 ids are resolved
+    through the HF cache (tiny random Llama-layout checkpoints with a small byte-level BPE under those ids,
+    HF_HUB_OFFLINE=1); both phases and the evaluation run end to end, and nothing is fine-tuned."""
+    from tokenizers import Tokenizer as HFTokenizer, models, pre_tokenizers, trainers
+    from model import GPT, GPTConfig
+    texts = [json.loads(line)["answer"] for line in open(shared_data / "tofu" / "full.json", encoding="utf-8")]
+    bpe = HFTokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.train_from_iterator(texts[:500], trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"],
+                                                             initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    bpe.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|endoftext|>"}))
+    for i, name in enumerate(("full", "retain90")):
+        torch.manual_seed(i)
+        cfg = GPTConfig(arch="llama", vocab_size=bpe.get_vocab_size(), n_layer=2, n_head=2, n_kv_head=1, n_embd=32,
+                        intermediate_size=64, block_size=1024, eos_token_id=0)
+        hub_cache(tmp_path / "hf", f"open-unlearning/tofu_Llama-3.2-1B-Instruct_{name}", GPT(cfg), tmp_path)
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    out = tmp_path / "run"
+    r = run(["--forget", "tofu_forget10", "--data-dir", str(shared_data), "--limit", "8", "--eval-limit", "4",
+             "--epochs", "1", "--batch-size", "16", "--out", str(out)], tmp_path / "c", env=env)
+    cfg = json.load(open(out / "config.json"))
+    assert cfg["model"] is None and cfg["target"] == "open-unlearning/tofu_Llama-3.2-1B-Instruct_full"
+    assert cfg["retain_model"] == "open-unlearning/tofu_Llama-3.2-1B-Instruct_retain90"
+    assert "target   open-unlearning/tofu_Llama-3.2-1B-Instruct_full (HF hub" in r.stdout
+    assert "phase 1 epoch 1 step 0000" in r.stdout and "phase 2 epoch 2 step" in r.stdout  # both phases
+    m = json.load(open(out / "metrics.json"))
+    assert set(m) == {"unlearned", "target", "retain"} and m["retain"]["forget_quality"] == 1.0
+    assert not any(f.startswith("tofu-") for f in os.listdir(tmp_path / "c"))  # nothing was fine-tuned
