@@ -3,6 +3,7 @@ Speed of our model against transformers, measured in one run on the same weights
 
     python bench.py --model HuggingFaceTB/SmolLM2-135M-Instruct    # or a checkpoint directory
     python bench.py --model .cache/smollm2 --device cuda
+    python bench.py --shape llama-3.1-8b --device cuda --dtype bfloat16   # random weights, a real model's shape
 
 Prints one table, each figure measured in this run:
   - forward time (batch x tokens), ours vs transformers' on the same weights: the --model checkpoint and a
@@ -26,11 +27,22 @@ import time
 
 import torch
 
-from model import GPT
+from model import GPT, GPTConfig, config_to_hf, ours_to_hf
+
+# random-weight models of real shapes (the published config.json values), built on the device: no download
+LLAMA3_ROPE = dict(rope_type="llama3", low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=8192)
+SHAPES = {
+    "llama-3.2-1b": dict(vocab_size=128256, n_embd=2048, n_layer=16, n_head=32, n_kv_head=8, intermediate_size=8192,
+                         tie_word_embeddings=True, rope_theta=500000.0, rope_scaling={**LLAMA3_ROPE, "factor": 32.0}),
+    "llama-3.1-8b": dict(vocab_size=128256, n_embd=4096, n_layer=32, n_head=32, n_kv_head=8, intermediate_size=14336,
+                         tie_word_embeddings=False, rope_theta=500000.0, rope_scaling={**LLAMA3_ROPE, "factor": 8.0}),
+    "tiny": dict(vocab_size=512, n_embd=64, n_layer=2, n_head=4, n_kv_head=2, intermediate_size=128),  # smoke tests
+}
 
 # -----------------------------------------------------------------------------
 parser = argparse.ArgumentParser(description="speed of our GPT vs transformers")
 parser.add_argument("--model", default=".cache/smollm2", help="checkpoint directory or hub id")
+parser.add_argument("--shape", choices=list(SHAPES), help="instead of --model: random weights of this shape")
 parser.add_argument("--device", default="cpu", help="cpu | cuda | mps")
 parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="weights dtype")
 parser.add_argument("--batch", type=int, default=8, help="forward batch size (sequences)")
@@ -128,8 +140,12 @@ def one_step(base, method):
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
 
+    # bf16 weights: the step runs under autocast, as train.py's, so the float32 adapters meet bf16 activations
+    ctx = torch.autocast(args.device, torch.bfloat16, enabled=args.dtype == "bfloat16")
+
     def step():  # as train.py's: ALTER's A gets the gradient of its high-entropy terms alone (a second backward)
-        loss, parts = METHODS[method].loss(model, batch, 2, hp)
+        with ctx:
+            loss, parts = METHODS[method].loss(model, batch, 2, hp)
         opt.zero_grad(set_to_none=True)
         METHODS[method].backward(model, loss, parts, 2, hp)
         opt.step()
@@ -162,8 +178,38 @@ def forward_row(ours, theirs, name):
     with torch.no_grad():
         t_ours = timed(lambda: ours(idx), args.repeats)
         t_hf = timed(lambda: theirs(idx), args.repeats)
-    return (f"forward {name} {args.batch}x{args.tokens} tokens", f"{t_ours * 1e3:.0f} ms", f"{t_hf * 1e3:.0f} ms",
-            f"{t_ours / t_hf:.2f} (time, lower is better)")
+    n = args.batch * args.tokens
+    return (f"forward {name} {args.batch}x{args.tokens} tokens", f"{t_ours * 1e3:.0f} ms, {n / t_ours:.0f} tok/s",
+            f"{t_hf * 1e3:.0f} ms, {n / t_hf:.0f} tok/s", f"{t_ours / t_hf:.2f} (time, lower is better)")
+
+
+def load_ours(dtype):
+    """The --model checkpoint, or a random-weight model of --shape made on the device in `dtype`."""
+    if not args.shape:
+        return GPT.from_pretrained(args.model, dtype=dtype, verbose=not args.step_only).to(args.device).eval()
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    with torch.device(args.device):
+        model = GPT(GPTConfig(arch="llama", block_size=131072, **SHAPES[args.shape]))
+    torch.set_default_dtype(default)
+    model.source = None
+    return model.eval()
+
+
+def load_theirs(ours, dtype):
+    """transformers' model with the same weights: loaded from the checkpoint, or (--shape) built from our
+    config and given our tensors."""
+    import transformers
+    if not args.shape:
+        return transformers.AutoModelForCausalLM.from_pretrained(ours.source, dtype=dtype).to(args.device).eval()
+    hf = config_to_hf(ours.config)
+    with torch.device(args.device):
+        theirs = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(**hf), dtype=dtype)
+    tied = ours.config.tie_word_embeddings
+    sd = {ours_to_hf(k, "llama"): v for k, v in ours.state_dict().items() if not (tied and k == "lm_head.weight")}
+    missing, unexpected = theirs.load_state_dict(sd, strict=False)
+    assert not unexpected and all("rotary" in k or (tied and k == "lm_head.weight") for k in missing), missing
+    return theirs.eval()
 
 
 def gpt2_row(dtype):
@@ -188,14 +234,14 @@ def main():
     import transformers
     dtype = getattr(torch, args.dtype)
     torch.manual_seed(0)
-    ours = GPT.from_pretrained(args.model, dtype=dtype, verbose=not args.step_only).to(args.device).eval()
+    ours = load_ours(dtype)
     if args.step_only:  # a child process of step_rows: one method, one JSON line
         return print(json.dumps(one_step(ours, args.step_only)))
-    theirs = transformers.AutoModelForCausalLM.from_pretrained(ours.source, dtype=dtype).to(args.device).eval()
+    theirs = load_theirs(ours, dtype)
     V = ours.config.vocab_size
     rows = []
-
-    rows.append(forward_row(ours, theirs, os.path.basename(args.model.rstrip("/"))))
+    name = f"{args.shape} (random weights)" if args.shape else os.path.basename(args.model.rstrip("/"))
+    rows.append(forward_row(ours, theirs, name))
     if args.gpt2 != "skip":
         rows.append(gpt2_row(dtype))
 
@@ -208,9 +254,11 @@ def main():
     rows.append((f"greedy generation {args.gen_batch}x{args.gen_tokens} new tokens", f"{n / t_ours:.0f} tok/s",
                  f"{n / t_hf:.0f} tok/s", f"{t_hf / t_ours:.2f} (speed, higher is better)"))
 
-    del theirs
+    theirs = None  # freed
+    if args.device == "cuda":
+        torch.cuda.empty_cache()  # the step processes need the memory
     rows += step_rows()
-    if args.mmlu and os.path.isdir(args.data_dir):
+    if args.mmlu and os.path.isdir(args.data_dir) and not args.shape:
         from data.benchmarks import load_split
         from evaluate import eval_mc
         from tokenizer import Tokenizer
@@ -219,11 +267,11 @@ def main():
         t = timed(lambda: eval_mc(ours, tok, qs, batch_size=16, device=args.device), 1)
         rows.append((f"MMLU zero-shot, {len(qs)} questions, batch 16", f"{len(qs) / t:.1f} q/s", "", ""))
     dev = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"\n{args.model} | {args.dtype} | {dev} | torch {torch.__version__}, transformers {transformers.__version__}")
-    print(f"| {'what':<52} | {'ours':>12} | {'transformers / memory':>34} | ratio")
-    print(f"|{'-' * 54}|{'-' * 14}|{'-' * 36}|{'-' * 30}")
+    print(f"\n{name} | {args.dtype} | {dev} | torch {torch.__version__}, transformers {transformers.__version__}")
+    print(f"| {'what':<52} | {'ours':>22} | {'transformers / memory':>34} | ratio")
+    print(f"|{'-' * 54}|{'-' * 24}|{'-' * 36}|{'-' * 30}")
     for what, a, b, r in rows:
-        print(f"| {what:<52} | {a:>12} | {b:>34} | {r}")
+        print(f"| {what:<52} | {a:>22} | {b:>34} | {r}")
 
 
 if __name__ == "__main__":

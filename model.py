@@ -223,6 +223,26 @@ def config_from_hf(hf):
                      sliding_window=hf.get("sliding_window") if mt == "mistral" else None,
                      bos_token_id=hf.get("bos_token_id"), eos_token_id=hf.get("eos_token_id"))
 
+def config_to_hf(c):
+    """GPTConfig as a HF config.json dict (the inverse of config_from_hf)."""
+    if c.arch == "gpt2":
+        hf = dict(model_type="gpt2", vocab_size=c.vocab_size, n_positions=c.block_size, n_layer=c.n_layer,
+                  n_head=c.n_head, n_embd=c.n_embd, n_inner=c.intermediate_size, layer_norm_epsilon=c.norm_eps,
+                  activation_function="gelu_new", tie_word_embeddings=c.tie_word_embeddings,
+                  architectures=["GPT2LMHeadModel"])
+    else:
+        hf = dict(model_type="mistral" if c.sliding_window else "llama", vocab_size=c.vocab_size,
+                  max_position_embeddings=c.block_size,
+                  num_hidden_layers=c.n_layer, num_attention_heads=c.n_head, num_key_value_heads=c.n_kv_head,
+                  hidden_size=c.n_embd, head_dim=c.head_dim, intermediate_size=c.intermediate_size,
+                  rms_norm_eps=c.norm_eps, rope_theta=c.rope_theta, rope_scaling=c.rope_scaling,
+                  attention_bias=c.attention_bias, mlp_bias=c.mlp_bias, hidden_act="silu",
+                  tie_word_embeddings=c.tie_word_embeddings, architectures=["LlamaForCausalLM"])
+        if c.sliding_window:
+            hf.update(sliding_window=c.sliding_window, architectures=["MistralForCausalLM"])
+    hf.update(bos_token_id=c.bos_token_id, eos_token_id=c.eos_token_id)
+    return hf
+
 # -----------------------------------------------------------------------------
 # checkpoint keys: HF names mapped to ours
 
@@ -393,21 +413,7 @@ class GPT(nn.Module):
                 if os.path.exists(os.path.join(src, name)):
                     shutil.copyfile(os.path.join(src, name), os.path.join(d, name))
         c = self.config
-        if c.arch == "gpt2":
-            hf = dict(model_type="gpt2", vocab_size=c.vocab_size, n_positions=c.block_size, n_layer=c.n_layer,
-                      n_head=c.n_head, n_embd=c.n_embd, n_inner=c.intermediate_size, layer_norm_epsilon=c.norm_eps,
-                      activation_function="gelu_new", tie_word_embeddings=c.tie_word_embeddings,
-                      architectures=["GPT2LMHeadModel"])
-        else:
-            hf = dict(model_type="mistral" if c.sliding_window else "llama", vocab_size=c.vocab_size, max_position_embeddings=c.block_size,
-                      num_hidden_layers=c.n_layer, num_attention_heads=c.n_head, num_key_value_heads=c.n_kv_head,
-                      hidden_size=c.n_embd, head_dim=c.head_dim, intermediate_size=c.intermediate_size,
-                      rms_norm_eps=c.norm_eps, rope_theta=c.rope_theta, rope_scaling=c.rope_scaling,
-                      attention_bias=c.attention_bias, mlp_bias=c.mlp_bias, hidden_act="silu",
-                      tie_word_embeddings=c.tie_word_embeddings, architectures=["LlamaForCausalLM"])
-            if c.sliding_window:
-                hf.update(sliding_window=c.sliding_window, architectures=["MistralForCausalLM"])
-        hf.update(bos_token_id=c.bos_token_id, eos_token_id=c.eos_token_id)
+        hf = config_to_hf(c)
         inverse = {}
         for k, v in self.state_dict().items():
             if k == "lm_head.weight" and c.tie_word_embeddings:

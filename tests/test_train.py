@@ -324,3 +324,18 @@ def test_bare_tofu_command_uses_the_standard_models_from_the_hub_cache(tmp_path,
     m = json.load(open(out / "metrics.json"))
     assert set(m) == {"unlearned", "target", "retain"} and m["retain"]["forget_quality"] == 1.0
     assert not any(f.startswith("tofu-") for f in os.listdir(tmp_path / "c"))  # nothing was fine-tuned
+
+
+def test_gpu_check_script_runs_end_to_end_on_cpu(tmp_path):
+    """experiments/gpu_check.sh --device cpu: the toy default in bf16 and bench.py on a tiny random shape, every
+    row printed and written to the log (on a GPU: the real shapes)."""
+    r = subprocess.run(["bash", "experiments/gpu_check.sh", "--device", "cpu"], cwd=ROOT, capture_output=True,
+                       text=True, env={**os.environ, "OUT_DIR": str(tmp_path)})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    log = (tmp_path / "gpu_check_cpu.txt").read_text()
+    assert "device   cpu, bfloat16 (autocast)" in log and "phase 1 epoch 1 step 0000" in log
+    assert "forget_quality" in log and "metrics.json written" in log
+    for row in ("forward tiny (random weights)", "greedy generation", "unlearning step lora", "unlearning step alter",
+                "unlearning step asymlora", "unlearning step gd"):
+        assert row in log, row
+    assert "total" in log.splitlines()[-1]
