@@ -102,7 +102,7 @@ def test_torchrun_two_processes(tmp_path, cache):
                         "--out", out, "--cache", str(cache)], cwd=ROOT, capture_output=True, text=True, env=env,
                        timeout=900)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    assert "2 process(es)" in r.stdout
+    assert ", 2 processes" in r.stdout
     single = str(tmp_path / "single")
     run(args + ["--out", single], cache)
     # each process takes half of every batch and gradients are averaged: the same updates up to how the
@@ -243,7 +243,7 @@ def test_text_forgetting_wmdp_and_muse(tmp_path, cache, shared_data):
     out = str(tmp_path / "wmdp")
     r = run(common + ["--forget", "wmdp_cyber", "--method", "rmu", "--out", out], cache)
     assert "fine-tuning" not in r.stdout  # WMDP: the target is the base model itself, no retain model
-    n_forget = int(r.stdout.split("unlearning data: ")[1].split()[0])
+    n_forget = int(r.stdout.split("  examples ")[1].split()[0])
     assert n_forget >= 6 * 40 // 16, r.stdout  # six 40-word documents in 16-token windows
     m = json.load(open(os.path.join(out, "metrics.json")))
     assert set(m) == {"unlearned", "target"}
