@@ -101,11 +101,10 @@ def plan(args, flags):
     pct = forget_pct(args.forget)
     kind = "toy_text" if args.forget == "toy_text" else bench
     standard = args.model is None and args.target is None
-    if standard:  # the benchmark's standard models (MODELS)
-        names = dict(retain=RETAIN_OF[pct], corpus=args.forget.split("_")[-1].capitalize())
-        for k, v in MODELS[kind].items():
-            if getattr(args, k) is None and not (k == "retain_model" and args.retain_logs):
-                setattr(args, k, v.format(**names))
+    names = dict(retain=RETAIN_OF[pct], corpus=args.forget.split("_")[-1].capitalize())
+    for k, v in MODELS[kind].items():  # the benchmark's standard models (the toy's base model: always)
+        if getattr(args, k) is None and (standard or k == "model") and not (k == "retain_model" and args.retain_logs):
+            setattr(args, k, v.format(**names))
     if args.authors and (bench != "tofu" or args.target or args.retain_model or args.retain_logs
                          or args.authors <= FORGET_AUTHORS[pct]):
         fail(f"--authors is for TOFU with target and retain models fine-tuned from --model, and must exceed the "
@@ -299,7 +298,8 @@ def estimate(task, data, examples, args, env):
     total = ft + unlearn + evals
     log0(f"  measured one training step of {2 * n} examples {t_step:.2f} s, {k} scored sequences "
          f"{t_fwd * k:.2f} s, one generated token for {k} prompts {t_tok:.3f} s (peak memory {peak / 1e9:.1f} GB)")
-    log0(f"  estimate fine-tuning {hms(ft)}, unlearning {hms(unlearn)} ({steps} steps), evaluation {hms(evals)}: "
+    log0(f"  estimate {f'fine-tuning {hms(ft)}, ' if ft else ''}unlearning {hms(unlearn)} ({steps} steps), "
+         f"evaluation {hms(evals)}: "
          f"about {hms(total)} in all; memory about {memory / 1e9:.1f} GB "
          f"({'AdamW on every parameter' if full else 'adapters: small optimizer state'})")
     if env.device == "cpu" and total > 3600:

@@ -29,7 +29,8 @@ fi
 mkdir -p "${OUT_DIR:-results/bench}"
 log="${OUT_DIR:-results/bench}/gpu_check_$name.txt"
 {
-  echo "# experiments/gpu_check.sh --device $DEVICE, $(date -u +%Y-%m-%dT%H:%MZ), git $(git rev-parse --short HEAD 2>/dev/null || echo none)"
+  commit=$(git rev-parse --short HEAD 2>/dev/null || echo none)
+  echo "# experiments/gpu_check.sh --device $DEVICE, $(date -u +%Y-%m-%dT%H:%MZ), git $commit"
   start=$(date +%s)
   echo "## 1. toy default on $DEVICE, bf16"
   python train.py --forget toy_forget10 --device "$DEVICE" --dtype bfloat16 --out "$tmp/toy" --cache "$tmp/cache" \

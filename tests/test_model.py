@@ -1,5 +1,6 @@
 """model.py against transformers: logits and greedy generation of tiny random GPT-2 and Llama checkpoints
-(single file and sharded), Mistral's layout with its sliding window, the real SmolLM2-135M checkpoint, and the loader's errors on bad input.
+(single file and sharded), Mistral's layout with its sliding window, the real SmolLM2-135M checkpoint, and the
+loader's errors on bad input.
 
 Run: python -m pytest -q tests/test_model.py
 """

@@ -339,3 +339,17 @@ def test_gpu_check_script_runs_end_to_end_on_cpu(tmp_path):
                 "unlearning step asymlora", "unlearning step gd"):
         assert row in log, row
     assert "total" in log.splitlines()[-1]
+
+
+def test_bare_tofu_command_offline_prints_the_plan_then_one_message(tmp_path):
+    """No hub and nothing cached: the plan, then one message naming the standard models and the flags that
+    work offline; exit code 2, no traceback."""
+    env = {**os.environ, "HF_HOME": str(tmp_path / "empty"), "HF_HUB_OFFLINE": "1"}
+    r = run(["--forget", "tofu_forget10", "--out", str(tmp_path / "run")], tmp_path / "c", check=False, env=env)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert r.stdout.startswith("plan: forget tofu_forget10 with alter") and "  device   " in r.stdout
+    for s in ("open-unlearning/tofu_Llama-3.2-1B-Instruct_full (target)",
+              "open-unlearning/tofu_Llama-3.2-1B-Instruct_retain90 (retain)",
+              "--data-dir DIR", "--target DIR", "--retain-model DIR", "--model DIR"):
+        assert s in r.stderr, s
+    assert r.stderr.count("error:") == 1
