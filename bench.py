@@ -203,8 +203,11 @@ def load_theirs(ours, dtype):
     if not args.shape:
         return transformers.AutoModelForCausalLM.from_pretrained(ours.source, dtype=dtype).to(args.device).eval()
     hf = config_to_hf(ours.config)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # rather than from_config's dtype argument, whose name changed across versions
     with torch.device(args.device):
-        theirs = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(**hf), dtype=dtype)
+        theirs = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(**hf))
+    torch.set_default_dtype(default)
     tied = ours.config.tie_word_embeddings
     sd = {ours_to_hf(k, "llama"): v for k, v in ours.state_dict().items() if not (tied and k == "lm_head.weight")}
     missing, unexpected = theirs.load_state_dict(sd, strict=False)
