@@ -145,7 +145,9 @@ class SentencePieceBPE:
                              f"{pre.get('type')} (supported: Prepend+Replace, or Metaspace)")
         # Words can be cut before every '▁' that follows another character when no token spans such a place
         # (true of SentencePiece vocabularies trained on words): exact, and each word is encoded once.
-        self.cut = self.split or not any(re.search("[^▁]▁", p) for p in self.vocab)
+        # (Metaspace's split: every '▁' starts a word.)
+        self.cut = "▁[^▁]*|[^▁]+" if self.split else \
+            "▁*[^▁]+|▁+" if not any(re.search("[^▁]▁", p) for p in self.vocab) else None
         self.cache = {}
 
     def encode(self, text, allowed_special="all"):
@@ -158,7 +160,7 @@ class SentencePieceBPE:
                 if self.prepend == "every" or (self.prepend == "unless" or (self.prepend == "first" and at == 0)) \
                         and not s.startswith("▁"):
                     s = "▁" + s
-                for w in re.findall("▁*[^▁]+|▁+", s) if self.cut else [s]:
+                for w in re.findall(self.cut, s) if self.cut else [s]:
                     if w not in self.cache:
                         self.cache[w] = self.bpe(w)
                     ids += self.cache[w]

@@ -132,7 +132,8 @@ def spm_style_tokenizer(tmp_path, shared_data, variant, words=True):
     return tmp_path, ref
 
 
-@pytest.mark.parametrize("variant,words", [("legacy", True), ("first", True), ("always", True), ("legacy", False)])
+@pytest.mark.parametrize("variant,words", [("legacy", True), ("first", True), ("always", True), ("legacy", False),
+                                           ("always", False)])
 def test_sentencepiece_style_ids_equal_hf(tmp_path, shared_data, variant, words):
     d, ref = spm_style_tokenizer(tmp_path, shared_data, variant, words)
     tok = Tokenizer.from_pretrained(str(d))
