@@ -111,7 +111,8 @@ def spm_style_tokenizer(tmp_path, shared_data, variant, words=True):
     so that byte fallback happens), saved as a checkpoint's tokenizer files; returns (dir, HF tokenizer)."""
     from tokenizers import Tokenizer as HFTokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     ref = HFTokenizer(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
-    texts = [t for t in tofu_texts(shared_data)[1::2]][:1500 if words else 300]
+    texts = tofu_texts(shared_data)[1::2][:1500 if words else 300]
+    texts += [t.replace(" ", "  ") for t in texts[:100]]  # runs of spaces: tokens such as '▁▁the'
     if words:  # trained on words as SentencePiece is, or on whole texts (tokens that span spaces)
         ref.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="always", split=True)
     else:
