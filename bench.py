@@ -234,12 +234,12 @@ def gpt2_row(dtype):
 
 
 def main():
-    import transformers
     dtype = getattr(torch, args.dtype)
     torch.manual_seed(0)
     ours = load_ours(dtype)
     if args.step_only:  # a child process of step_rows: one method, one JSON line
         return print(json.dumps(one_step(ours, args.step_only)))
+    import transformers
     theirs = load_theirs(ours, dtype)
     V = ours.config.vocab_size
     rows = []

@@ -16,7 +16,7 @@ DEVICE=cuda
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 if [ "$DEVICE" = cpu ]; then
-  toy=(--limit 12 --ft-epochs 1 --epochs 1 --eval-limit 4)
+  toy=(--limit 8 --ft-epochs 1 --epochs 1 --eval-limit 2)
   shapes=(tiny)
   bench=(--batch 2 --tokens 32 --gen-batch 2 --gen-tokens 4 --repeats 1 --step-batch 8 --step-tokens 16)
   name=cpu
