@@ -107,12 +107,14 @@ def plan(args, flags):
             setattr(args, k, v.format(**names))
     if args.authors and (bench != "tofu" or args.target or args.retain_model or args.retain_logs
                          or args.authors <= FORGET_AUTHORS[pct]):
-        fail(f"--authors is for TOFU with target and retain models fine-tuned from --model, and must exceed the "
-             f"{FORGET_AUTHORS[pct]} forget authors of {args.forget}")
+        fail(f"--authors is for TOFU with target and retain models fine-tuned from --model (give --model, and no "
+             f"--target, --retain-model or --retain-logs), and must exceed the {FORGET_AUTHORS[pct]} forget "
+             f"authors of {args.forget}")
     args.eval_limit = args.eval_limit or args.limit
     if args.model == "tiny" and bench != "toy" and needs_model(args, bench):
         fail(f"--model tiny is the from-scratch model of the toy benchmark; for {bench}, leave --model out for "
-             f"the benchmark's standard models ({', '.join(MODELS[kind].values())}) or give a checkpoint")
+             f"the benchmark's standard models ({', '.join(v.format(**names) for v in MODELS[kind].values())}) "
+             f"or give a checkpoint")
     if args.model is None and needs_model(args, bench):
         fail("the retain model is fine-tuned from --model: give --model, --retain-model or --retain-logs")
     if args.retain_logs and (text or args.retain_model):
@@ -183,7 +185,7 @@ def describe(args, bench, benches, out, standard):
         role = {"model": "base model (fine-tuned into target/retain)"}.get(flag, flag.replace("_model", ""))
         log0(f"  {role:<8} {name} ({where}{why})")
         why = ""
-    if args.model == "tiny" and (needs_model(args, bench) or not args.target):
+    if args.model == "tiny" and needs_model(args, bench):
         log0(f"  model    tiny: {GPT(GPTConfig(**TINY)).num_params() / 1e6:.1f} M parameters, trained from scratch")
     log0(f"  data     {'generated (data/toy.py)' if bench == 'toy' else args.data_dir or 'HF hub'}")
     device, dtype = device_and_dtype(args)
@@ -191,7 +193,8 @@ def describe(args, bench, benches, out, standard):
     log0(f"  device   {device}, {dtype} ({'autocast' if dtype == 'bfloat16' else 'full precision'}), "
          f"{torch.get_num_threads()} CPU threads" + (f", {world} processes" if world > 1 else ""))
     phases = ", ".join(f"phase {p}: {n} epoch(s)" for p, n in m.phases(args) if n)
-    log0(f"  stages   target and retain models -> unlearning ({phases}; {args.batch_size} forget + "
+    models = "target and retain models" if has_retain_model(args, bench) or args.retain_logs else "target model"
+    log0(f"  stages   {models} -> unlearning ({phases}; {args.batch_size} forget + "
          f"{args.batch_size} retain examples per step) -> evaluation ({', '.join(benches)}) -> {out}")
 
 
@@ -206,7 +209,8 @@ def offline_message(args, kind, e):
             f"  --target DIR         the target checkpoint (e.g. `huggingface-cli download ID --local-dir DIR` "
             f"where there is a network)\n"
             f"  --retain-model DIR   the retain checkpoint\n"
-            f"  --model DIR          or a base model, fine-tuned into the target and retain models")
+            f"  --model DIR          or a base model, fine-tuned into the target and retain models (WMDP: the "
+            f"target itself)")
 
 
 def preflight(task, args):
@@ -255,16 +259,52 @@ def hms(s):
 
 
 def estimate(task, data, examples, args, env):
-    """Time and memory of every stage from one measured training step, one evaluation forward and a few
-    generated tokens of the model the run trains; printed, never enforced. `examples`: how many examples the
-    target and the retain model are fine-tuned on (0 for one that is given or cached)."""
+    """Time and memory of every stage from measured work of the model the run trains (one training step, one
+    evaluation batch, a few generated tokens, each after a warm-up); printed, never enforced. `examples`: how
+    many examples each model still to be fine-tuned trains on."""
     if RANK != 0:
         return
     name = args.target or args.model
     model = GPT(GPTConfig(**TINY)) if name == "tiny" else GPT.from_pretrained(name, verbose=False)
-    model.to(env.device)
-    n = min(args.batch_size, len(data.forget), len(data.retain))
-    train = collate(data.forget[:n] + data.retain[:n], data.pad_id, env.device)
+    try:
+        m = measure(model.to(env.device), data, args, env)
+    except torch.cuda.OutOfMemoryError:  # a full backward may not fit where an adapter method does
+        return log0("  estimate skipped: a full-parameter step of this model does not fit in GPU memory")
+    finally:
+        del model
+        if env.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    P = m["params"]
+    # stages: fine-tuning (examples x epochs), unlearning (steps of 2n examples), evaluation of up to 4 passes
+    ft = sum(examples) * args.ft_epochs * m["step"] / (2 * m["n"])
+    steps = sum(e for _, e in METHODS[args.method].phases(args)) * math.ceil(len(data.forget) / args.batch_size)
+    unlearn = steps * m["step"]
+    seqs = tokens = 0.0  # scored sequences, generated tokens (one sequence each)
+    for split, rows in task.eval_rows.items():
+        s, g = next((w for key, w in EVAL_WORK.items() if key in split), (1, 0))
+        seqs, tokens = seqs + rows * s, tokens + rows * g
+    passes = 2 + has_retain_model(args, task.bench) + (args.method == "alter")  # ALTER: base + adapted pass
+    evals = passes * (seqs * m["seq"] + tokens * m["token"])
+    full = METHODS[args.method].groups is full_groups
+    retain = task.params.get("retain_model", P if retain_finetuned(args, task.bench) else 0)
+    memory = m["peak"] + 8 * P * (full or ft > 0) + 4 * retain  # + AdamW state, + the retain model beside
+    total = ft + unlearn + evals
+    log0(f"  measured one training step of {2 * m['n']} examples {m['step']:.2f} s, {m['k']} scored sequences "
+         f"{m['seq'] * m['k']:.2f} s, one new token for {m['k']} prompts {m['token'] * m['k']:.3f} s (peak memory "
+         f"{m['peak'] / 1e9:.1f} GB)")
+    log0(f"  estimate {f'fine-tuning {hms(ft)}, ' if ft else ''}unlearning {hms(unlearn)} ({steps} steps), "
+         f"evaluation at most {hms(evals)}: about {hms(total)} in all; memory about {memory / 1e9:.1f} GB")
+    if env.device == "cpu" and total > 3600:
+        log0("  on this CPU that is hours; the reduced protocol runs in about 2 h on 2 cores: "
+             "experiments/smollm2_tofu.sh (SmolLM2-135M, 40 authors; README, 'Real-model experiment'), or use "
+             "--limit/--eval-limit for a quick look")
+
+
+def measure(model, data, args, env):
+    """Seconds of one training step (forward and backward of n forget + n retain examples), of one scored
+    sequence and of one generated token per sequence (at evaluation batch size, up to 8), and the peak memory."""
+    n = min(args.batch_size, len(data.forget))
+    train = collate(data.forget[:n] + (data.retain * n)[:n], data.pad_id, env.device)
     k = min(args.eval_batch_size, 8)
     scored = collate((data.forget * k)[:k], data.pad_id, env.device)
     prompts = torch.stack([train["x"][0, :max(1, data.forget[0][1] - 1)]] * k)
@@ -274,35 +314,14 @@ def estimate(task, data, examples, args, env):
     def step():
         with env.ctx:
             model(train["x"], attention_mask=train["mask"], targets=train["y"])[1].backward()
-    t_step = clock(step, env.device)  # one step of 2n examples (forward, backward)
+    step()  # warm-up
+    t_step = clock(step, env.device)
     model.zero_grad(set_to_none=True)
     with torch.no_grad(), env.ctx:
-        t_fwd = clock(lambda: model(scored["x"], attention_mask=scored["mask"]), env.device) / k
+        t_seq = clock(lambda: model(scored["x"], attention_mask=scored["mask"]), env.device) / k
         gen = lambda n: clock(lambda: model.generate(prompts, max_new_tokens=n, eos_token_id=[]), env.device)
-        t_tok = max(gen(5) - gen(1), 0.0) / 4  # a new token for k prompts, the prompts' forward left out
+        gen(1)  # warm-up
+        t_token = max(gen(5) - gen(1), 0.0) / (4 * k)  # the prompts' forward left out
     peak = torch.cuda.max_memory_allocated() if env.device.startswith("cuda") else \
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    P = model.num_params()
-    # stages: fine-tuning (examples x epochs), unlearning (steps of 2n), evaluation of up to 3 models
-    ft = sum(examples) * args.ft_epochs * t_step / (2 * n)
-    steps = sum(e for _, e in METHODS[args.method].phases(args)) * math.ceil(len(data.forget) / args.batch_size)
-    unlearn = steps * t_step
-    seqs = tokens = 0.0  # scored sequences, generated tokens (one sequence each)
-    for split, rows in task.eval_rows.items():
-        s, g = next((w for key, w in EVAL_WORK.items() if key in split), (1, 0))
-        seqs, tokens = seqs + rows * s, tokens + rows * g
-    models = 2 + has_retain_model(args, task.bench) + (args.method == "alter")  # ALTER: base + adapted pass
-    evals = models * (seqs * t_fwd + tokens * t_tok / k)
-    full = METHODS[args.method].groups is full_groups
-    memory = peak + 8 * P * full + 4 * task.params.get("retain_model", 0)
-    total = ft + unlearn + evals
-    log0(f"  measured one training step of {2 * n} examples {t_step:.2f} s, {k} scored sequences "
-         f"{t_fwd * k:.2f} s, one generated token for {k} prompts {t_tok:.3f} s (peak memory {peak / 1e9:.1f} GB)")
-    log0(f"  estimate {f'fine-tuning {hms(ft)}, ' if ft else ''}unlearning {hms(unlearn)} ({steps} steps), "
-         f"evaluation {hms(evals)}: "
-         f"about {hms(total)} in all; memory about {memory / 1e9:.1f} GB "
-         f"({'AdamW on every parameter' if full else 'adapters: small optimizer state'})")
-    if env.device == "cpu" and total > 3600:
-        log0("  on this CPU that is hours; the reduced protocol runs in about 2 h on 2 cores: "
-             "experiments/smollm2_tofu.sh (SmolLM2-135M, 40 authors; README, 'Real-model experiment'), or use "
-             "--limit/--eval-limit for a quick look")
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+    return dict(n=n, k=k, step=t_step, seq=t_seq, token=t_token, peak=peak, params=model.num_params())
