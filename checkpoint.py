@@ -71,6 +71,9 @@ def write_safetensors(path, tensors, metadata=None):
     os.replace(tmp, path)
 
 
+WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")  # what a checkpoint holds
+
+
 def load_checkpoint_tensors(d):
     """All tensors of a checkpoint directory: model.safetensors, sharded safetensors with an index, or a
     .bin file through torch.load(weights_only=True) (never unpickling arbitrary objects)."""

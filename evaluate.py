@@ -145,7 +145,9 @@ def mc_prompt(row, shots=()):
 def eval_mc(lm, tok, rows, dev_rows=(), shots=0, batch_size=16, device="cpu", desc="mc"):
     """Zero-/few-shot multiple choice: argmax over the log-probs of " A" .. " D" after the prompt.
     Few-shot examples are the first `shots` dev rows of the same subject (lm-eval's first_n sampler)."""
-    letters = [tok.encode(" " + L) for L in "ABCD"]
+    # " A" as it continues the prompt (lm-eval: the continuation's ids are the whole text's minus the context's;
+    # a SentencePiece tokenizer encodes " A" alone with an extra '▁')
+    letters = [tok.encode("Answer: " + L)[len(tok.encode("Answer:")):] for L in "ABCD"]
     assert all(len(x) == 1 for x in letters), f"' A'..' D' must be single tokens, got {letters}"
     letters = [x[0] for x in letters]
     by_subject = {}

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from checkpoint import HubError, resolve_checkpoint
+from checkpoint import WEIGHTS, HubError, resolve_checkpoint
 from data.batching import collate
 from data.benchmarks import load_split, split_names
 from data.forget_sets import (FORGET_AUTHORS, FORGETS, RETAIN_OF, TEXT_FORGETS, eval_benches, forget_pct,
@@ -237,8 +237,11 @@ def preflight(task, args):
         task.retain_logs = load_retain_logs(args.retain_logs, n, args.eval_limit, args.eval_mask)
     sizes = ", ".join(f"{k.replace('_model', '')} {v / 1e9:.2f} B parameters" for k, v in task.params.items())
     sizes and log0(f"  sizes    {sizes} ({4 * max(task.params.values()) / 1e9:.1f} GB each in float32)")
-    for name in checkpoints(args, task.bench).values():  # the weights: the largest downloads, now
-        resolve_checkpoint(name)
+    for flag, name in checkpoints(args, task.bench).items():  # the weights: the largest downloads, now
+        d = resolve_checkpoint(name)
+        if not any(os.path.exists(os.path.join(d, f)) for f in WEIGHTS):
+            fail(f"--{flag.replace('_', '-')} {name}: no weights in {d} (one of {', '.join(WEIGHTS)}; a partial "
+                 f"download?)")
 
 # -----------------------------------------------------------------------------
 # the estimate: a few measured steps, extrapolated

@@ -85,7 +85,7 @@ def encoding_from_tokenizer_json(path):
     if m.get("type") != "BPE":
         raise ValueError(f"{path}: tokenizer model {m.get('type')!r} is not BPE (Unigram and WordPiece "
                          f"vocabularies are not supported)")
-    if m.get("byte_fallback") or "▁" in json.dumps(tj.get("normalizer")) + json.dumps(tj.get("pre_tokenizer")):
+    if m.get("byte_fallback") or "▁" in json.dumps([tj.get("normalizer"), tj.get("pre_tokenizer")], ensure_ascii=False):
         return SentencePieceBPE(tj, path), tj, set()
     decoder = {c: b for b, c in bytes_to_unicode().items()}
     specials = {t["content"]: t["id"] for t in tj.get("added_tokens", [])}
@@ -121,7 +121,7 @@ class SentencePieceBPE:
 
     def __init__(self, tj, path):
         m = tj["model"]
-        self.vocab, self.unk = m["vocab"], m["vocab"].get(m.get("unk_token"))
+        self.vocab, self.unk, self.fuse_unk = m["vocab"], m["vocab"].get(m.get("unk_token")), m.get("fuse_unk")
         self.pieces = {i: p for p, i in self.vocab.items()}
         self.byte_ids = [self.vocab.get(f"<0x{b:02X}>") for b in range(256)] if m.get("byte_fallback") else None
         self.merges = {}  # (left id, right id) -> (rank, merged id)
@@ -137,8 +137,8 @@ class SentencePieceBPE:
         if steps == ["Prepend", "Replace"] and not pre:  # Llama-2's conversion ("legacy")
             self.prepend, self.split = "every", False
         elif not norm and pre.get("type") == "Metaspace":
-            self.prepend = {"always": "unless", "first": "first", "never": "never"}[pre.get("prepend_scheme",
-                                                                                          "always")]
+            scheme = pre.get("prepend_scheme", "always" if pre.get("add_prefix_space", True) else "never")
+            self.prepend = {"always": "unless", "first": "first", "never": "never"}[scheme]
             self.split = pre.get("split", True)
         else:
             raise ValueError(f"{path}: unsupported SentencePiece-style normalizer {steps} with pre_tokenizer "
@@ -175,8 +175,8 @@ class SentencePieceBPE:
                 syms.append(self.vocab[ch])
             elif self.byte_ids and all(self.byte_ids[b] is not None for b in ch.encode()):
                 syms += [self.byte_ids[b] for b in ch.encode()]
-            elif not syms or syms[-1] != self.unk:  # fuse_unk
-                syms.append(self.unk)
+            elif self.unk is not None and not (self.fuse_unk and syms and syms[-1] == self.unk):
+                syms.append(self.unk)  # (no unk token: the character is dropped)
         nxt, prv = list(range(1, len(syms) + 1)), list(range(-1, len(syms) - 1))
         heap = [(self.merges[p][0], i, p) for i, p in enumerate(zip(syms, syms[1:])) if p in self.merges]
         heapq.heapify(heap)
@@ -300,9 +300,12 @@ class Tokenizer:
         the question ("\\n\\n"-joined without a template; earlier turns with one)."""
         if self.chat_template:
             return self.encode(self.render_chat(self._messages(question, None, system_prompt, few_shot), True))
+        return self.encode(self._plain(question, system_prompt, few_shot), bos=self.add_bos)
+
+    def _plain(self, question, system_prompt, few_shot):
         shots = "".join(f"Question: {q}\nAnswer: {a}\n\n" for q, a in few_shot)
         sys = self.system_prompt(system_prompt)
-        return self.encode((sys + "\n\n" if sys else "") + shots + f"Question: {question}\nAnswer:", bos=self.add_bos)
+        return (sys + "\n\n" if sys else "") + shots + f"Question: {question}\nAnswer:"
 
     def encode_qa(self, question, answer, system_prompt=None, few_shot=()):
         """(ids, n_prompt): the full example and how many of its leading tokens are prompt (unlabelled).
@@ -313,8 +316,11 @@ class Tokenizer:
             if full[:len(prompt)] != prompt or len(full) == len(prompt):
                 raise ValueError(f"chat template renders the prompt differently inside the full conversation; "
                                  f"cannot find the answer span of {question[:60]!r}")
-        else:
-            full = prompt + self.encode(" " + answer)
+        else:  # the answer's ids as the suffix of the whole text (a SentencePiece '▁' goes with " answer")
+            full = self.encode(self._plain(question, system_prompt, few_shot) + " " + answer, bos=self.add_bos)
+            if full[:len(prompt)] != prompt:
+                raise ValueError(f"the answer merges with the prompt's last token; cannot find the answer span of "
+                                 f"{question[:60]!r}")
         if full[-1] != self.eos_id:
             full = full + [self.eos_id]
         return full, len(prompt)

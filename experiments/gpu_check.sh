@@ -11,8 +11,11 @@
 #        bash experiments/gpu_check.sh --device cpu    # smoke test: tiny shapes, a few steps (tests/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DEVICE=cuda
-[ "${1:-}" = "--device" ] && DEVICE=$2
+case "$*" in
+  "" | "--device cuda") DEVICE=cuda ;;
+  "--device cpu") DEVICE=cpu ;;
+  *) echo "usage: bash experiments/gpu_check.sh [--device cuda|cpu]" >&2; exit 2 ;;
+esac
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 if [ "$DEVICE" = cpu ]; then
@@ -34,10 +37,10 @@ log="${OUT_DIR:-results/bench}/gpu_check_$name.txt"
   start=$(date +%s)
   echo "## 1. toy default on $DEVICE, bf16"
   python train.py --forget toy_forget10 --device "$DEVICE" --dtype bfloat16 --out "$tmp/toy" --cache "$tmp/cache" \
-    --log-every 1000 "${toy[@]}"
+    --log-every 1000 ${toy[@]+"${toy[@]}"}
   for s in "${shapes[@]}"; do
     echo "## 2. bench.py --shape $s"
     python bench.py --shape "$s" --device "$DEVICE" --dtype bfloat16 --gpt2 skip --mmlu 0 "${bench[@]}"
   done
   echo "total $(( $(date +%s) - start )) s"
-} 2>&1 | grep -v -E "it/s\]|s/it\]" | tee "$log"
+} 2>&1 | grep --line-buffered -v -E "it/s\]|s/it\]" | tee "$log"

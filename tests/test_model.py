@@ -99,11 +99,12 @@ def test_generation_stops_at_eos_and_cache_matches_full_forward(tmp_path):
 
 def test_our_checkpoint_loads_in_transformers(tmp_path):
     torch.manual_seed(0)
-    for name, make in (("gpt2", hf_gpt2), ("llama", lambda: hf_llama(False))):
+    for name, make in (("gpt2", hf_gpt2), ("llama", lambda: hf_llama(False)), ("mistral", lambda: hf_mistral(5))):
         make().save_pretrained(tmp_path / "hf" / name)
         ours = GPT.from_pretrained(str(tmp_path / "hf" / name), verbose=False).eval()
         ours.save_pretrained(tmp_path / "ours" / name)
         back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "ours" / name).eval()
+        assert back.config.model_type == name and getattr(back.config, "sliding_window", 5) == 5
         idx, _ = padded_batch(101)
         with torch.no_grad():
             assert (back(idx).logits - ours(idx)[0]).abs().max() <= 1e-5

@@ -106,18 +106,19 @@ ODD = ["", " ", "  x", " Hello", "Hello  world ", "a\u00a0b", "😀 emoji 🤖!"
        "1234567 3.14 007", "\n\n  \t", "x</s> y", "<s>Hi", "Hi<s>", "▁already", "a▁▁b"]
 
 
-def spm_style_tokenizer(tmp_path, shared_data, variant, words=True):
+def spm_style_tokenizer(tmp_path, shared_data, variant, words=True, fallback=True):
     """A SentencePiece-style BPE built and trained with HF `tokenizers` on TOFU answers (few characters kept,
-    so that byte fallback happens), saved as a checkpoint's tokenizer files; returns (dir, HF tokenizer)."""
+    so that byte fallback, or without it <unk>, happens), saved as a checkpoint's tokenizer files; returns (dir,
+    HF tokenizer)."""
     from tokenizers import Tokenizer as HFTokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-    ref = HFTokenizer(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
+    ref = HFTokenizer(models.BPE(byte_fallback=fallback, unk_token="<unk>", fuse_unk=True))
     texts = tofu_texts(shared_data)[1::2][:1500 if words else 300]
     texts += [t.replace(" ", "  ") for t in texts[:100]]  # runs of spaces: tokens such as '▁▁the'
     if words:  # trained on words as SentencePiece is, or on whole texts (tokens that span spaces)
         ref.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="always", split=True)
     else:
         ref.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
-    specials = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+    specials = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] * fallback
     ref.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=1200, special_tokens=specials, limit_alphabet=50))
     if variant == "legacy":  # Llama-2's conversion
         ref.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
@@ -133,10 +134,11 @@ def spm_style_tokenizer(tmp_path, shared_data, variant, words=True):
     return tmp_path, ref
 
 
-@pytest.mark.parametrize("variant,words", [("legacy", True), ("first", True), ("always", True), ("legacy", False),
-                                           ("always", False)])
-def test_sentencepiece_style_ids_equal_hf(tmp_path, shared_data, variant, words):
-    d, ref = spm_style_tokenizer(tmp_path, shared_data, variant, words)
+@pytest.mark.parametrize("variant,words,fallback", [("legacy", True, True), ("first", True, True),
+                                                    ("always", True, True), ("legacy", False, True),
+                                                    ("always", False, True), ("first", True, False)])
+def test_sentencepiece_style_ids_equal_hf(tmp_path, shared_data, variant, words, fallback):
+    d, ref = spm_style_tokenizer(tmp_path, shared_data, variant, words, fallback)
     tok = Tokenizer.from_pretrained(str(d))
     assert tok.eos_id == 2 and tok.bos_id == 1
     texts = tofu_texts(shared_data) + ODD
@@ -144,5 +146,33 @@ def test_sentencepiece_style_ids_equal_hf(tmp_path, shared_data, variant, words)
     theirs = [e.ids for e in ref.encode_batch(texts, add_special_tokens=False)]
     bad = [(t, a, b) for t, a, b in zip(texts, ours, theirs) if a != b]
     assert not bad, f"{len(bad)} of {len(texts)} texts differ, first: {bad[0]}"
-    assert any(3 <= i < 259 for ids in ours for i in ids)  # byte fallback was exercised
+    if fallback:
+        assert any(3 <= i < 259 for ids in ours for i in ids)  # byte fallback was exercised
+    else:
+        assert any(0 in ids for ids in ours)  # <unk> was
     assert [tok.decode(ids) for ids in ours] == ref.decode_batch(theirs, skip_special_tokens=False)
+
+
+def test_sentencepiece_style_answer_span_and_mc_letters(tmp_path, shared_data):
+    """Llama-2's rule puts a '▁' before every separately encoded text: the answer span and the MC letters are
+    the whole text's ids after the prompt's (open-unlearning, lm-eval), not " answer" encoded alone."""
+    from evaluate import eval_mc
+    d, ref = spm_style_tokenizer(tmp_path, shared_data, "legacy")
+    tok = Tokenizer.from_pretrained(str(d))
+    ids, n = tok.encode_qa("Where was Ada born?", "In Paris.")
+    assert ids == ref.encode("Question: Where was Ada born?\nAnswer: In Paris.", add_special_tokens=False).ids + [2]
+    assert ids[:n] == tok.prompt_ids("Where was Ada born?") and tok.decode(ids[n:]) == "In Paris.</s>"
+
+    torch = pytest.importorskip("torch")
+    letters = [ref.encode(f"Answer: {L}", add_special_tokens=False).ids[-1] for L in "ABCD"]
+
+    class Oracle:  # a model whose next-token logits favour the reference's id of " C" over every other token
+        config = type("C", (), {"block_size": 64})
+
+        def __call__(self, x, attention_mask=None, **kw):
+            logits = torch.zeros(*x.shape, len(ref.get_vocab()))
+            logits[..., letters[2]] = 1.0
+            return logits, None
+    row = {"question": "Q?", "choices": ["a", "b", "c", "d"], "answer": 2, "subject": "x"}
+    assert eval_mc(Oracle(), tok, [row]) == [1]  # eval_mc reads " C" at the reference's id
+    assert all(ref.id_to_token(i) == "▁" + L for i, L in zip(letters, "ABCD"))
