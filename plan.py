@@ -295,7 +295,8 @@ def estimate(task, data, examples, args, env):
     log0(f"  measured one training step of {2 * m['n']} examples {m['step']:.2f} s, {m['k']} scored sequences "
          f"{m['seq'] * m['k']:.2f} s, one new token for {m['k']} prompts {m['token'] * m['k']:.3f} s (peak memory "
          f"{m['peak'] / 1e9:.1f} GB)")
-    log0(f"  estimate {f'fine-tuning {hms(ft)}, ' if ft else ''}unlearning {hms(unlearn)} ({steps} steps), "
+    tuning = f"fine-tuning {hms(ft)} ({sum(examples)} examples x {args.ft_epochs} epochs), " if ft else ""
+    log0(f"  estimate {tuning}unlearning {hms(unlearn)} ({steps} steps), "
          f"evaluation at most {hms(evals)}: about {hms(total)} in all; memory about {memory / 1e9:.1f} GB")
     if env.device == "cpu" and total > 3600:
         log0("  on this CPU that is hours; the reduced protocol runs in about 2 h on 2 cores: "
