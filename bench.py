@@ -214,10 +214,7 @@ def load_theirs(ours, dtype):
     with torch.device(args.device):
         theirs = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(**hf))
     torch.set_default_dtype(default)
-    tied = ours.config.tie_word_embeddings
-    sd = {ours_to_hf(k, "llama"): v for k, v in ours.state_dict().items() if not (tied and k == "lm_head.weight")}
-    missing, unexpected = theirs.load_state_dict(sd, strict=False)
-    assert not unexpected and all("rotary" in k or (tied and k == "lm_head.weight") for k in missing), missing
+    theirs.load_state_dict({ours_to_hf(k, "llama"): v for k, v in ours.state_dict().items()})  # strict: every key
     return theirs.eval()
 
 
