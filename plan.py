@@ -57,6 +57,12 @@ EVAL_WORK = {"perturbed": (7, 200), "holdout": (1, 0), "mc": (1, 0), "mmlu": (1,
              "verbmem": (0, 128), "knowmem": (0, 32), "privleak": (1, 0), "bio": (1, 0)}
 
 
+def standard_models(forget, kind):
+    """{flag: checkpoint} of MODELS filled in for this forget set."""
+    names = dict(retain=RETAIN_OF[forget_pct(forget)], corpus=forget.split("_")[-1].capitalize())
+    return {k: v.format(**names) for k, v in MODELS[kind].items()}
+
+
 def fail(msg):
     print(f"error: {msg}", file=sys.stderr)
     sys.exit(2)
@@ -101,10 +107,9 @@ def plan(args, flags):
     pct = forget_pct(args.forget)
     kind = "toy_text" if args.forget == "toy_text" else bench
     standard = args.model is None and args.target is None
-    names = dict(retain=RETAIN_OF[pct], corpus=args.forget.split("_")[-1].capitalize())
-    for k, v in MODELS[kind].items():  # the benchmark's standard models (the toy's base model: always)
+    for k, v in standard_models(args.forget, kind).items():  # (the toy's base model: always)
         if getattr(args, k) is None and (standard or k == "model") and not (k == "retain_model" and args.retain_logs):
-            setattr(args, k, v.format(**names))
+            setattr(args, k, v)
     if args.authors and (bench != "tofu" or args.target or args.retain_model or args.retain_logs
                          or args.authors <= FORGET_AUTHORS[pct]):
         fail(f"--authors is for TOFU with target and retain models fine-tuned from --model (give --model, and no "
@@ -113,7 +118,7 @@ def plan(args, flags):
     args.eval_limit = args.eval_limit or args.limit
     if args.model == "tiny" and bench != "toy" and needs_model(args, bench):
         fail(f"--model tiny is the from-scratch model of the toy benchmark; for {bench}, leave --model out for "
-             f"the benchmark's standard models ({', '.join(v.format(**names) for v in MODELS[kind].values())}) "
+             f"the benchmark's standard models ({', '.join(standard_models(args.forget, kind).values())}) "
              f"or give a checkpoint")
     if args.model is None and needs_model(args, bench):
         fail("the retain model is fine-tuned from --model: give --model, --retain-model or --retain-logs")
@@ -201,8 +206,7 @@ def describe(args, bench, benches, out, standard):
 def offline_message(args, kind, e):
     """One message for a run that needs the HF hub and cannot reach it: what it needs, and the flags that
     make it work without the hub."""
-    names = dict(retain=RETAIN_OF[forget_pct(args.forget)], corpus=args.forget.split("_")[-1].capitalize())
-    std = ", ".join(f"{v.format(**names)} ({k.replace('_model', '')})" for k, v in MODELS[kind].items())
+    std = ", ".join(f"{v} ({k.replace('_model', '')})" for k, v in standard_models(args.forget, kind).items())
     return (f"{e}\n{args.forget}'s standard models are {std}; they and the benchmark files come from the HF "
             f"hub. Without the hub, give local copies:\n"
             f"  --data-dir DIR       the benchmark files, laid out as data/benchmarks.py names them\n"

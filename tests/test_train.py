@@ -320,6 +320,7 @@ def test_bare_tofu_command_uses_the_standard_models_from_the_hub_cache(tmp_path,
     assert cfg["model"] is None and cfg["target"] == "open-unlearning/tofu_Llama-3.2-1B-Instruct_full"
     assert cfg["retain_model"] == "open-unlearning/tofu_Llama-3.2-1B-Instruct_retain90"
     assert "target   open-unlearning/tofu_Llama-3.2-1B-Instruct_full (HF hub" in r.stdout
+    assert "  measured one training step of 100 examples" in r.stdout and "  estimate unlearning " in r.stdout
     assert "phase 1 epoch 1 step 0000" in r.stdout and "phase 2 epoch 2 step 0008" in r.stdout  # both phases
     m = json.load(open(out / "metrics.json"))
     assert set(m) == {"unlearned", "target", "retain"} and m["retain"]["forget_quality"] == 1.0
