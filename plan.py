@@ -191,7 +191,9 @@ def describe(args, bench, benches, out, standard):
         log0(f"  {role:<8} {name} ({where}{why})")
         why = ""
     if args.model == "tiny" and needs_model(args, bench):
-        log0(f"  model    tiny: {GPT(GPTConfig(**TINY)).num_params() / 1e6:.1f} M parameters, trained from scratch")
+        with torch.device("meta"):  # counted, not built
+            n = GPT(GPTConfig(**TINY)).num_params()
+        log0(f"  model    tiny: {n / 1e6:.1f} M parameters, trained from scratch")
     log0(f"  data     {'generated (data/toy.py)' if bench == 'toy' else args.data_dir or 'HF hub'}")
     device, dtype = device_and_dtype(args)
     world = int(os.environ.get("WORLD_SIZE", 1))
