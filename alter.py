@@ -35,7 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from data.batching import batches, label_logps
-from entropy import tsallis
+from entropy import head_entropy
 from checkpoint import read_safetensors, write_safetensors
 from model import GPT
 
@@ -243,16 +243,16 @@ class GatedLM(nn.Module):
     def new_cache(self):
         return {"base": self.model.new_cache(), "adapted": self.model.new_cache()}
 
-    def forward(self, idx, attention_mask=None, targets=None, cache=None, position_ids=None):
+    def forward(self, idx, attention_mask=None, targets=None, cache=None, position_ids=None, keep=None):
         route = Route("router")
-        if self.gate == "entropy":
+        if self.gate == "entropy":  # the base pass: hidden states, then S_q at every position a chunk at a time
             with self.model.routing(Route("off")):
-                base_logits, _ = self.model(idx, attention_mask=attention_mask, cache=cache and cache["base"],
-                                            position_ids=position_ids)
-            route = Route("entropy", high=tsallis(base_logits, self.q) > self.theta)
+                h = self.model(idx, attention_mask=attention_mask, cache=cache and cache["base"],
+                               position_ids=position_ids, hidden_only=True)
+            route = Route("entropy", high=head_entropy(self.model.lm_head, h, self.q) > self.theta)
         with self.model.routing(route):
             return self.model(idx, attention_mask=attention_mask, targets=targets, cache=cache and cache["adapted"],
-                              position_ids=position_ids)
+                              position_ids=position_ids, keep=keep)
 
     generate = GPT.generate
 

@@ -37,6 +37,13 @@ def tsallis(logits, q, dim=-1):
     return -term.sum(dim) / (q - 1)
 
 
+def head_entropy(head, h, q, chunk=1024):
+    """S_q of the next-token distribution at every position of hidden states h (B, T, C) through the output
+    layer `head`: (B, T) in fp32, `chunk` positions at a time, so the (B, T, V) logits never exist at once."""
+    flat = h.reshape(-1, h.size(-1))
+    return torch.cat([tsallis(head(c), q) for c in flat.split(chunk)]).view(h.shape[:-1])
+
+
 def threshold(entropies, theta=1.2, quantile=None, min_high=0.05):
     """The high/low cut over a 1-D tensor of answer-token entropies. Absolute theta (the paper's), or the
     given quantile. If theta marks fewer than min_high of the tokens high (a model trained to near-zero loss

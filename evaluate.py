@@ -34,7 +34,9 @@ from metrics import (apply_reference, auc, load_retain_logs, min_k, model_utilit
 # model calls, batched: per-token log-probs of labelled spans, greedy generation, last-position logits
 
 
-MAX_BATCH_TOKENS = 8192  # padded tokens per forward: bounds the (B, T, V) logits of long prompts (MMLU law, WMDP code)
+# padded tokens per forward. Only the positions that are read get logits (GPT.forward's keep), so this bounds the
+# activations; larger batches of short prompts gain little on a CPU, while a long batch's padding would cost
+MAX_BATCH_TOKENS = 8192
 
 # Which tokens the attention mask hides in TOFU and MUSE metrics. "ou" is open-unlearning's collator:
 # attention_mask = ids != pad_id, and pad = EOS, so the end-of-turn tokens inside a chat prompt are hidden too
@@ -72,14 +74,15 @@ def token_logps(lm, examples, pad_id, batch_size=16, device="cpu", desc="score",
     lengths = [len(e[0]) for e in examples]
     for idx in tqdm(_by_length(len(examples), lengths, batch_size), desc=desc, leave=False, disable=None):
         b = collate([examples[i] for i in idx], pad_id, device)
+        lab = b["y"] != -100  # logits at the labelled positions alone: (n, V), row by row
         if mask_rule == "ou":
             pos = torch.arange(b["x"].size(1), device=b["x"].device)[None]
-            logits, _ = lm(b["x"], attention_mask=b["mask"].bool() & (b["x"] != pad_id), position_ids=pos)
+            logits, _ = lm(b["x"], attention_mask=b["mask"].bool() & (b["x"] != pad_id), position_ids=pos, keep=lab)
         else:
-            logits, _ = lm(b["x"], attention_mask=b["mask"])
-        logp = label_logps(logits, b["y"])  # (B, T)
-        for j, i in enumerate(idx):
-            out[i] = logp[j][b["y"][j] != -100].cpu()
+            logits, _ = lm(b["x"], attention_mask=b["mask"], keep=lab)
+        logp = -F.cross_entropy(logits.float(), b["y"][lab], reduction="none").cpu()  # (n,)
+        for i, lp in zip(idx, logp.split(lab.sum(1).tolist())):
+            out[i] = lp
     return out
 
 
@@ -117,9 +120,10 @@ def last_logits(lm, prompts, pad_id, batch_size=16, device="cpu", desc="mc"):
     for idx in tqdm(_by_length(len(prompts), [len(p) for p in prompts], batch_size), desc=desc, leave=False,
                     disable=None):
         b = collate([(prompts[i] + [pad_id], len(prompts[i])) for i in idx], pad_id, device)
-        logits, _ = lm(b["x"], attention_mask=b["mask"])
+        last = torch.tensor([len(prompts[i]) - 1 for i in idx], device=b["x"].device)
+        logits, _ = lm(b["x"], attention_mask=b["mask"], keep=(torch.arange(len(idx), device=last.device), last))
         for j, i in enumerate(idx):
-            out[i] = logits[j, len(prompts[i]) - 1].float().cpu().clone()  # a copy: a view would keep all logits alive
+            out[i] = logits[j].float().cpu()
     return torch.stack(out)
 
 # -----------------------------------------------------------------------------
@@ -371,7 +375,10 @@ def main(argv=None):
     p.add_argument("--retain-logs", default=None, help="retain reference for forget quality and PrivLeak "
                    "(TOFU_EVAL.json or metrics.json; default with --adapter: the retain row of the run's metrics.json)")
     p.add_argument("--batch-size", type=int, default=None, help="sequences per forward (default 32)")
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"], help="float32, or bf16 autocast")
+    p.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16"],
+                   help="float32, or bf16 autocast (default: the adapter's; auto: bf16 on CUDA and on CPUs with "
+                        "native bf16)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: the cores not busy with other work)")
     p.add_argument("--gate", default=None, choices=["entropy", "router"], help="adapter routing at inference")
     p.add_argument("--q", type=float, default=None, help="Tsallis q of the entropy gate")
     p.add_argument("--theta", type=float, default=None, help="entropy threshold of the gate")
@@ -390,6 +397,7 @@ def main(argv=None):
     from alter import GatedLM, load_adapter
     from checkpoint import read_safetensors
     from model import GPT
+    from plan import device_and_dtype, set_threads
     from tokenizer import Tokenizer
     try:
         run, run_dir = {}, None
@@ -409,6 +417,10 @@ def main(argv=None):
         if bad:
             raise ValueError(f"unknown bench {bad}; valid: {', '.join(BENCHES)}")
         s = run_settings(args, run, benches)
+        if s["dtype"] == "auto":
+            s["dtype"] = device_and_dtype(argparse.Namespace(device=args.device, dtype="auto"))[1]
+        threads, why = set_threads(args)
+        print(f"{args.device}, {s['dtype']}" + (f", {threads} CPU threads ({why})" if args.device == "cpu" else ""))
         reference = retain_reference(benches, s, run_dir, args.limit)
         model = GPT.from_pretrained(args.model).to(args.device).eval()
         tok = Tokenizer.from_pretrained(model.source)
@@ -437,7 +449,7 @@ def main(argv=None):
 # what train.py writes into an adapter's header (its "run"), with the flag that overrides each and its default
 SETTINGS = {"gate": ("gate", "entropy"), "q": ("q", 1.5), "theta": ("theta", 1.2), "seed": ("seed", 0),
             "system_prompt": ("system_prompt", None), "eval_mask": ("mask", "ou"), "data_dir": ("data_dir", None),
-            "retain_logs": ("retain_logs", None), "dtype": ("dtype", "float32"), "eval_batch_size": ("batch_size", 32)}
+            "retain_logs": ("retain_logs", None), "dtype": ("dtype", "auto"), "eval_batch_size": ("batch_size", 32)}
 
 
 def run_settings(args, run, benches):

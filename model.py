@@ -309,10 +309,14 @@ class GPT(nn.Module):
     def num_params(self):
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, idx, attention_mask=None, targets=None, cache=None, hidden_only=False, position_ids=None):
+    def forward(self, idx, attention_mask=None, targets=None, cache=None, hidden_only=False, position_ids=None,
+                keep=None):
         """idx (B, T) token ids; attention_mask (B, S) with 1 for real tokens, S = cached + T (optional);
         targets (B, T) with -100 for ignored positions (optional). Returns logits (B, T, V) and the mean
-        cross-entropy (or None). `cache` is a list of [k, v] per layer, filled and extended in place.
+        cross-entropy (or None). keep, an index of the (B, T) positions (a bool mask, or e.g.
+        (slice(None), -1) for each row's last), computes the output layer there alone: logits x[keep] (n, V),
+        loss over targets[keep]; the (B, T, V) logits of a large vocabulary are most of a small model's time
+        and memory where only a few positions are read. `cache` is a list of [k, v] per layer, filled and extended in place.
         position_ids (B, T), optional, replace the positions derived from the mask (transformers' forward
         without them uses 0..T-1 whatever the mask)."""
         B, T = idx.size()
@@ -352,7 +356,9 @@ class GPT(nn.Module):
         x = self.transformer.ln_f(x)
         if hidden_only:
             return x
-        logits = self.lm_head(x)  # (B, T, V)
+        if keep is not None:
+            x, targets = x[keep], None if targets is None else targets[keep]
+        logits = self.lm_head(x)  # (B, T, V), or (n, V) at the kept positions
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
@@ -447,8 +453,8 @@ class GPT(nn.Module):
         done = torch.zeros(B, dtype=torch.bool, device=idx.device)
         out, x = [], idx
         for _ in range(max_new_tokens):
-            logits, _ = self(x, attention_mask=am, cache=cache)
-            nxt = logits[:, -1, :].float().argmax(-1)  # (B,)
+            logits, _ = self(x, attention_mask=am, cache=cache, keep=(slice(None), -1))  # (B, V): the last position
+            nxt = logits.float().argmax(-1)  # (B,)
             if eos.numel():
                 nxt = torch.where(done, eos[0], nxt)
                 done |= torch.isin(nxt, eos)

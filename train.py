@@ -73,7 +73,9 @@ FLAGS = (
     # --- system
     Flag("--seed", int, 0, "seed of everything (data order, init, toy data)"),
     Flag("--device", str, "auto", "auto (cuda > mps > cpu) | cpu | cuda | mps"),
-    Flag("--dtype", str, "auto", "autocast dtype (auto: bf16 on CUDA)", choices=("auto", "float32", "bfloat16")),
+    Flag("--dtype", str, "auto", "autocast dtype (auto: bf16 on CUDA and on CPUs with native bf16, AVX512-BF16 "
+         "or AMX; else float32)", choices=("auto", "float32", "bfloat16")),
+    Flag("--threads", int, 0, "CPU threads (0: the cores not busy with other work)", at_least=0),
     Flag("--eval", str, "", "extra benches to evaluate, comma-separated (see evaluate.py)"),
     Flag("--eval-batch-size", int, 32, "sequences per evaluation forward", at_least=1),
     Flag("--eval-mask", str, "ou", "TOFU/MUSE attention mask: ou (open-unlearning's: every pad-id token masked, "
