@@ -143,27 +143,47 @@ class AsymLoRALinear(nn.Module):
         self.lora_B = nn.Parameter(torch.zeros(cfg.n_total, base.out_features, cfg.rank))  # B = 0: a no-op at start
 
     def forward(self, x):
-        y = self.base(x)
         route = self.routing.route  # this pass's route: set by `with model.routing(Route(...))`
         if route.mode == "off":
-            return y
+            return self.base(x)
+        if torch.is_autocast_enabled(x.device.type):  # cast once here, not once by each of the matmuls below
+            x = x.to(torch.get_autocast_dtype(x.device.type))
+        y = self.base(x)
         h = F.linear(x, self.lora_A)  # (B, T, r)
         if route.a_live is not None:  # "position" isolation of A: no gradient through low-entropy positions
             h = torch.where(route.a_live[..., None], h, h.detach())
         E, out, r = self.lora_B.shape
         if not self.routing.routers:  # plain LoRA
-            return y + self.scaling * F.linear(h, self.lora_B[0])
+            return y.add_(F.linear(h, self.lora_B[0] * self.scaling))
         if self.runs_router:  # the block's gates for this pass, which its later adapters read
             route.gates[self.block] = self.routing.routers[self.block](x, route)
         g = route.gates[self.block]  # (B, T, E)
-        z = g.to(h.dtype)[..., None] * h[..., None, :]  # (B, T, E, r): each expert's gated input
-        Bflat = self.lora_B.permute(0, 2, 1).reshape(E * r, out)  # (E*r, out): all experts in one matmul
-        if route.rows is not None:  # isolation by data source: on each row only the row's own expert is live
-            own = F.one_hot(route.rows, E).to(z.dtype)[:, None, :, None]  # (B, 1, E, 1)
-            delta = (z * own).flatten(-2) @ Bflat + (z * (1 - own)).flatten(-2) @ Bflat.detach()
-        else:
-            delta = z.flatten(-2) @ Bflat  # (B, T, out)
-        return y + self.scaling * delta
+        z = (g.to(h.dtype)[..., None] * h[..., None, :]).flatten(-2)  # (B, T, E*r): each expert's gated input
+        Bflat = (self.lora_B * self.scaling).permute(0, 2, 1).reshape(E * r, out)  # all experts in one matmul
+        if route.rows is None:
+            return y.add_(z @ Bflat.to(z.dtype))  # (B, T, out)
+        # isolation by data source: on each row only the row's own expert's B is trained
+        own = F.one_hot(route.rows, E).repeat_interleave(r, dim=1)[:, None, :]  # (B, 1, E*r)
+        return y.add_(OwnExperts.apply(z, Bflat, own))
+
+
+class OwnExperts(torch.autograd.Function):
+    """z @ B (z: (B, T, E*r) gated inputs, B: (E*r, out) the experts' B), where B's gradient comes from each
+    row's own expert alone: dB = (z * own)^T dy, own (B, 1, E*r) 0/1; z's gradient is the usual dy B^T. The
+    same as z_own @ B + z_other @ B.detach(), in one matmul forward and two backward."""
+
+    @staticmethod
+    def forward(ctx, z, B, own):
+        ctx.save_for_backward(z, B, own)
+        return z @ B.to(z.dtype)
+
+    @staticmethod
+    def backward(ctx, dy):
+        z, B, own = ctx.saved_tensors
+        dz = dy @ B.to(dy.dtype).t() if ctx.needs_input_grad[0] else None
+        dB = ((z * own.to(z.dtype)).flatten(0, 1).t() @ dy.to(z.dtype).flatten(0, 1)).to(B.dtype) \
+            if ctx.needs_input_grad[1] else None
+        return dz, dB, None
 
 # -----------------------------------------------------------------------------
 # attaching, trainable parameters, saving and loading

@@ -1,19 +1,24 @@
 """
-Speed of our model against transformers, measured in one run on the same weights and inputs.
+Speed of our code, measured in one run on the same weights and inputs: against transformers, and each of our
+methods against its plain counterpart. Every figure is printed for float32 and for bf16 autocast (float32
+weights, matrix products in bf16: train.py's --dtype bfloat16, the default where the hardware has native bf16).
 
     python bench.py --model HuggingFaceTB/SmolLM2-135M-Instruct    # or a checkpoint directory
-    python bench.py --model .cache/smollm2 --device cuda
+    python bench.py --model .cache/smollm2 --data-dir ../shared/data   # + multiple-choice questions per second
     python bench.py --shape llama-3.1-8b --device cuda --dtype bfloat16   # random weights, a real model's shape
 
-Prints one table, each figure measured in this run:
+Rows, for each precision:
   - forward time (batch x tokens), ours vs transformers' on the same weights: the --model checkpoint and a
     GPT-2-shaped model (124M, random weights unless --gpt2 names a checkpoint);
   - greedy generation tokens/s, ours vs transformers.generate;
+  - ALTER at inference (alter.GatedLM, entropy gate: a base pass and the adapted pass) against the plain model
+    on the same inputs: scoring (logits at the second half of every row) and greedy generation;
   - one unlearning step (forward + backward + optimizer) of ALTER Phase II, plain LoRA (GradDiff), AsymLoRA
     and full fine-tuning GradDiff on the same batch, as ratios to plain LoRA, and the peak memory each step
     adds to the loaded model (CPU: resident memory sampled every millisecond, each method in its own
     process; CUDA: peak allocated memory);
-  - MMLU questions per second (zero-shot, when --data-dir holds MMLU).
+  - multiple-choice questions per second (evaluate.eval_mc, lm-eval's zero-shot prompt) on MMLU and WMDP
+    questions, when --data-dir holds them.
 transformers is only imported here and in the tests, never by the product.
 """
 import argparse
@@ -27,7 +32,7 @@ import time
 
 import torch
 
-from model import GPT, GPTConfig, config_to_hf, ours_to_hf
+from model import GPT, GPTConfig, config_to_hf, linear_weights_in, ours_to_hf
 
 # random-weight models of real shapes (the published config.json values), built on the device: no download
 LLAMA3_ROPE = dict(rope_type="llama3", low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=8192)
@@ -44,7 +49,10 @@ parser = argparse.ArgumentParser(description="speed of our GPT vs transformers")
 parser.add_argument("--model", default=".cache/smollm2", help="checkpoint directory or hub id")
 parser.add_argument("--shape", choices=list(SHAPES), help="instead of --model: random weights of this shape")
 parser.add_argument("--device", default="cpu", help="cpu | cuda | mps")
-parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="weights dtype")
+parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="weights dtype (bfloat16: "
+                    "the bf16 rows alone)")
+parser.add_argument("--precision", default="float32,bfloat16", help="comma-separated: float32 (full precision), "
+                    "bfloat16 (autocast)")
 parser.add_argument("--batch", type=int, default=8, help="forward batch size (sequences)")
 parser.add_argument("--tokens", type=int, default=256, help="forward sequence length (tokens)")
 parser.add_argument("--gen-batch", type=int, default=4, help="generation batch size (sequences)")
@@ -52,9 +60,9 @@ parser.add_argument("--gen-tokens", type=int, default=64, help="new tokens per s
 parser.add_argument("--repeats", type=int, default=3, help="timed repeats; the median is reported")
 parser.add_argument("--step-batch", type=int, default=8, help="unlearning step: sequences (half forget, half retain)")
 parser.add_argument("--step-tokens", type=int, default=64, help="unlearning step: tokens per sequence")
-parser.add_argument("--mmlu", type=int, default=256, help="MMLU questions to time (0: skip)")
-parser.add_argument("--data-dir", default="", help="local copy of the benchmark files with MMLU (the MMLU row is "
-                                                    "skipped without it)")
+parser.add_argument("--mc", type=int, default=200, help="questions of each multiple-choice set to time (0: skip)")
+parser.add_argument("--data-dir", default="", help="local copy of the benchmark files (the multiple-choice rows "
+                                                    "are skipped without it)")
 parser.add_argument("--gpt2", default="random", help="GPT-2 checkpoint for the second forward row ('random': "
                                                      "GPT-2 small's shape, random weights; 'skip')")
 parser.add_argument("--step-only", default=None, help=argparse.SUPPRESS)  # internal: one method's step, as JSON
@@ -107,7 +115,12 @@ class PeakRSS:
         return self.peak - self.base
 
 
-def one_step(base, method):
+def autocast(precision):
+    """The autocast context of a precision: bf16 autocast, or none."""
+    return torch.autocast(args.device.split(":")[0], torch.bfloat16, enabled=precision == "bfloat16")
+
+
+def one_step(base, method, precision):
     """Time one unlearning step of `method` and measure the memory it adds (warm-up step included: that is
     where gradients and AdamW state are first allocated). Returns (seconds, bytes, trainable parameters)."""
     import torch.nn.functional as F
@@ -140,11 +153,8 @@ def one_step(base, method):
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
 
-    # bf16 weights: the step runs under autocast, as train.py's, so the float32 adapters meet bf16 activations
-    ctx = torch.autocast(args.device, torch.bfloat16, enabled=args.dtype == "bfloat16")
-
     def step():  # as train.py's: ALTER's A gets the gradient of its high-entropy terms alone (a second backward)
-        with ctx:
+        with autocast(precision):
             loss, parts = METHODS[method].loss(model, batch, 2, hp)
         opt.zero_grad(set_to_none=True)
         METHODS[method].backward(model, loss, parts, 2, hp)
@@ -155,13 +165,13 @@ def one_step(base, method):
     return seconds, added, sum(p.numel() for p in params)
 
 
-def step_rows():
+def step_rows(precision):
     """One unlearning step per method, each in a fresh process (so one method's freed memory cannot hide
     the next one's peak); ratios to plain LoRA."""
     res, rows = {}, []
     for method in ("lora", "alter", "asymlora", "gd"):
-        cmd = [sys.executable, __file__, "--step-only", method] + \
-            [a for a in sys.argv[1:] if a != "--step-only"]
+        cmd = [sys.executable, __file__, "--step-only", method, "--precision", precision] + \
+            [a for a in sys.argv[1:] if a not in ("--step-only", "--precision")]
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode != 0:  # e.g. out of memory: a row that says so, and the other methods still run
             print(f"the {method} step failed:\n{r.stderr[-2000:]}", file=sys.stderr)
@@ -187,6 +197,59 @@ def forward_row(ours, theirs, name):
     n = args.batch * args.tokens
     return (f"forward {name} {args.batch}x{args.tokens} tokens", f"{t_ours * 1e3:.0f} ms, {n / t_ours:.0f} tok/s",
             f"{t_hf * 1e3:.0f} ms, {n / t_hf:.0f} tok/s", f"{t_ours / t_hf:.2f} (time, lower is better)")
+
+
+def generation_row(ours, theirs):
+    prompt = torch.randint(0, ours.config.vocab_size, (args.gen_batch, 32), device=args.device)
+    n = args.gen_batch * args.gen_tokens
+    theirs.generation_config.eos_token_id = None  # both sides generate exactly gen_tokens
+    t_ours = timed(lambda: ours.generate(prompt, max_new_tokens=args.gen_tokens, eos_token_id=[]), args.repeats)
+    t_hf = timed(lambda: theirs.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
+                                         max_new_tokens=args.gen_tokens, pad_token_id=0), args.repeats)
+    return (f"greedy generation {args.gen_batch}x{args.gen_tokens} new tokens", f"{n / t_ours:.0f} tok/s",
+            f"{n / t_hf:.0f} tok/s", f"{t_hf / t_ours:.2f} (speed, higher is better)")
+
+
+def gated_rows(ours):
+    """ALTER at inference (GatedLM, entropy gate, a fresh 4-expert adapter) against the plain model."""
+    import copy
+    from alter import AlterConfig, GatedLM, attach
+    adapted = copy.deepcopy(ours)
+    attach(adapted, AlterConfig(n_experts=4))
+    gated = GatedLM(adapted, q=1.5, theta=1.2)
+    idx = torch.randint(0, ours.config.vocab_size, (args.batch, args.tokens), device=args.device)
+    keep = torch.zeros_like(idx, dtype=torch.bool)
+    keep[:, args.tokens // 2:] = True  # the answers' half of every row, as evaluate.token_logps reads them
+    with torch.no_grad():
+        t_plain = timed(lambda: ours(idx, keep=keep), args.repeats)
+        t_gated = timed(lambda: gated(idx, keep=keep), args.repeats)
+    prompt = idx[:args.gen_batch, :32]
+    n = args.gen_batch * args.gen_tokens
+    g_plain = timed(lambda: ours.generate(prompt, max_new_tokens=args.gen_tokens, eos_token_id=[]), args.repeats)
+    g_gated = timed(lambda: gated.generate(prompt, max_new_tokens=args.gen_tokens, eos_token_id=[]), args.repeats)
+    return [(f"ALTER scoring (GatedLM) {args.batch}x{args.tokens}", f"{t_gated * 1e3:.0f} ms",
+             f"plain model {t_plain * 1e3:.0f} ms", f"{t_gated / t_plain:.2f}x plain (time)"),
+            (f"ALTER generation (GatedLM) {args.gen_batch}x{args.gen_tokens}", f"{n / g_gated:.0f} tok/s",
+             f"plain model {n / g_plain:.0f} tok/s", f"{g_gated / g_plain:.2f}x plain (time)")]
+
+
+def mc_rows(ours):
+    """Questions per second of evaluate.eval_mc (zero-shot) on the first --mc questions of MMLU (its first
+    subjects) and of WMDP bio and cyber (long code prompts)."""
+    from data.benchmarks import load_split
+    from evaluate import eval_mc
+    from tokenizer import Tokenizer
+    tok = Tokenizer.from_pretrained(ours.source)
+    rows = []
+    for split in ("mmlu_test", "wmdp_bio", "wmdp_cyber"):
+        qs = load_split(split, args.data_dir)[:args.mc]
+        t0 = time.perf_counter()
+        eval_mc(ours, tok, qs, batch_size=32, device=args.device, desc=split)
+        t = time.perf_counter() - t0
+        n_tok = sum(len(tok.encode(q["question"])) for q in qs) / len(qs)
+        rows.append((f"multiple choice {split}, {len(qs)} questions", f"{len(qs) / t:.1f} q/s",
+                     f"{t:.1f} s (questions ~{n_tok:.0f} tokens)", ""))
+    return rows
 
 
 def load_ours(dtype):
@@ -238,48 +301,45 @@ def gpt2_row(dtype):
 
 def main():
     dtype = getattr(torch, args.dtype)
+    precisions = [p for p in args.precision.split(",") if p]
+    assert set(precisions) <= {"float32", "bfloat16"}, f"--precision: float32 and/or bfloat16, got {args.precision}"
+    if args.dtype == "bfloat16":
+        precisions = ["bfloat16"]  # bf16 weights: autocast to fp32 is not a mode anyone runs
     torch.manual_seed(0)
     ours = load_ours(dtype)
     if args.step_only:  # a child process of step_rows: one method, one JSON line
-        return print(json.dumps(one_step(ours, args.step_only)))
+        return print(json.dumps(one_step(ours, args.step_only, args.precision)))
     import transformers
     theirs = load_theirs(ours, dtype)
-    V = ours.config.vocab_size
-    rows = []
     name = f"{args.shape} (random weights)" if args.shape else os.path.basename(args.model.rstrip("/"))
-    rows.append(forward_row(ours, theirs, name))
-    if args.gpt2 != "skip":
-        rows.append(gpt2_row(dtype))
-
-    prompt = torch.randint(0, V, (args.gen_batch, 32), device=args.device)
-    n = args.gen_batch * args.gen_tokens
-    theirs.generation_config.eos_token_id = None  # both sides generate exactly gen_tokens
-    t_ours = timed(lambda: ours.generate(prompt, max_new_tokens=args.gen_tokens, eos_token_id=[]), args.repeats)
-    t_hf = timed(lambda: theirs.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
-                                         max_new_tokens=args.gen_tokens, pad_token_id=0), args.repeats)
-    rows.append((f"greedy generation {args.gen_batch}x{args.gen_tokens} new tokens", f"{n / t_ours:.0f} tok/s",
-                 f"{n / t_hf:.0f} tok/s", f"{t_hf / t_ours:.2f} (speed, higher is better)"))
-
+    rows = {p: [] for p in precisions}
+    for p in precisions:  # both implementations under the same autocast, each weight cast once (as evaluation)
+        with autocast(p), linear_weights_in(ours, p), linear_weights_in(theirs, p):
+            rows[p].append(forward_row(ours, theirs, name))
+            if args.gpt2 != "skip":
+                rows[p].append(gpt2_row(dtype))
+            rows[p].append(generation_row(ours, theirs))
+            rows[p] += gated_rows(ours)
     theirs = None  # freed
     if args.shape:
         ours = None  # random weights: nothing below needs them, and the step processes need the memory
     if args.device == "cuda":
         torch.cuda.empty_cache()  # the step processes need the memory
-    rows += step_rows()
-    if args.mmlu and os.path.isdir(args.data_dir) and not args.shape:
-        from data.benchmarks import load_split
-        from evaluate import eval_mc
-        from tokenizer import Tokenizer
-        tok = Tokenizer.from_pretrained(ours.source)
-        qs = load_split("mmlu_test", args.data_dir)[:args.mmlu]
-        t = timed(lambda: eval_mc(ours, tok, qs, batch_size=16, device=args.device), 1)
-        rows.append((f"MMLU zero-shot, {len(qs)} questions, batch 16", f"{len(qs) / t:.1f} q/s", "", ""))
+    for p in precisions:
+        rows[p] += step_rows(p)
+    if args.mc and os.path.isdir(args.data_dir) and not args.shape:
+        for p in precisions:
+            with autocast(p), linear_weights_in(ours, p):
+                rows[p] += mc_rows(ours)
     dev = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"\n{name} | {args.dtype} | {dev} | torch {torch.__version__}, transformers {transformers.__version__}")
-    print(f"| {'what':<52} | {'ours':>22} | {'transformers / memory':>34} | ratio")
-    print(f"|{'-' * 54}|{'-' * 24}|{'-' * 36}|{'-' * 30}")
-    for what, a, b, r in rows:
-        print(f"| {what:<52} | {a:>22} | {b:>34} | {r}")
+    for p in precisions:
+        what = "bf16 autocast" if p == "bfloat16" and args.dtype == "float32" else p
+        print(f"\n{name} | {args.dtype} weights, {what} | {dev} | torch {torch.__version__}, "
+              f"transformers {transformers.__version__}")
+        print(f"| {'what':<52} | {'ours':>22} | {'transformers / memory / plain':>34} | ratio")
+        print(f"|{'-' * 54}|{'-' * 24}|{'-' * 36}|{'-' * 30}")
+        for what, a, b, r in rows[p]:
+            print(f"| {what:<52} | {a:>22} | {b:>34} | {r}")
 
 
 if __name__ == "__main__":

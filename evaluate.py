@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from data.batching import collate, collate_prompts, encode_qa, label_logps
+from data.batching import collate, collate_prompts, encode_qa
 from data.benchmarks import load_split
 from metrics import (apply_reference, auc, load_retain_logs, min_k, model_utility, prob_normalised, rouge_l, tr_forget,
                      tr_true_better, truth_ratio, write_json, write_jsonl)
@@ -396,7 +396,7 @@ def main(argv=None):
         fail(f"--limit must be at least 1, got {args.limit}")
     from alter import GatedLM, load_adapter
     from checkpoint import read_safetensors
-    from model import GPT
+    from model import GPT, linear_weights_in
     from plan import device_and_dtype, set_threads
     from tokenizer import Tokenizer
     try:
@@ -417,12 +417,12 @@ def main(argv=None):
         if bad:
             raise ValueError(f"unknown bench {bad}; valid: {', '.join(BENCHES)}")
         s = run_settings(args, run, benches)
-        if s["dtype"] == "auto":
-            s["dtype"] = device_and_dtype(argparse.Namespace(device=args.device, dtype="auto"))[1]
-        threads, why = set_threads(args)
-        print(f"{args.device}, {s['dtype']}" + (f", {threads} CPU threads ({why})" if args.device == "cpu" else ""))
         reference = retain_reference(benches, s, run_dir, args.limit)
         model = GPT.from_pretrained(args.model).to(args.device).eval()
+        if s["dtype"] == "auto":
+            s["dtype"] = device_and_dtype(argparse.Namespace(device=args.device, dtype="auto"), model.config.n_embd)[1]
+        threads, why = set_threads(args)
+        print(f"{args.device}, {s['dtype']}" + (f", {threads} CPU threads ({why})" if args.device == "cpu" else ""))
         tok = Tokenizer.from_pretrained(model.source)
         lm = model
         if args.adapter:
@@ -432,7 +432,8 @@ def main(argv=None):
         tok.system = s["system_prompt"]
         print(tok.describe())
         dev = args.device.split(":")[0]
-        with torch.autocast(dev, dtype=torch.bfloat16, enabled=s["dtype"] == "bfloat16"):
+        with torch.autocast(dev, dtype=torch.bfloat16, enabled=s["dtype"] == "bfloat16"), \
+                linear_weights_in(lm, s["dtype"]):
             summary, items = evaluate(lm, tok, benches, s["data_dir"], args.limit, reference, args.shots,
                                       s["eval_batch_size"], args.device, s["pct"], args.per_subject, seed=s["seed"],
                                       mask_rule=s["eval_mask"])

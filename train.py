@@ -32,7 +32,7 @@ from evaluate import evaluate, print_table
 from finetune import cache_path, cached_finetune, model_id, settings_key
 from methods import METHODS, Flag, UnlearningData, method_flags
 from metrics import apply_reference, write_json, write_jsonl
-from model import GPT
+from model import GPT, linear_weights_in
 from plan import device_and_dtype, estimate, fail, log0, plan, retain_finetuned
 from tokenizer import Tokenizer
 
@@ -112,7 +112,7 @@ parser = make_parser()
 
 def main(args):
     task = plan(args, FLAGS + tuple(method_flags().values()))    # 1. checks, defaults, what will happen
-    env = start(args)                                            # device, dtype, seeds, processes
+    env = start(args, task)                                      # device, dtype, seeds, processes
     tok = Tokenizer.gpt2() if args.model == "tiny" and not args.target else \
         Tokenizer.from_pretrained(resolve_checkpoint(args.target or args.model))
     tok.system = args.system_prompt  # training and evaluation prompts alike
@@ -145,11 +145,11 @@ class Env:
     t_models: float = 0.0  # seconds spent on the target and retain models
 
 
-def start(args):
+def start(args, task):
     """Processes (torchrun), device, dtype, seeds."""
     if WORLD > 1:
         torch.distributed.init_process_group("nccl" if torch.cuda.is_available() and args.device != "cpu" else "gloo")
-    device, dtype = device_and_dtype(args)
+    device, dtype = device_and_dtype(args, task.width)
     if device == "cuda" and WORLD > 1:
         device = f"cuda:{RANK}"
     ctx = torch.autocast(device.split(":")[0], dtype=torch.bfloat16) if dtype == "bfloat16" else \
@@ -194,10 +194,11 @@ def load_models(task, tok, args, env):
 
 
 def run_eval(lm, tok, task, args, env, reference=None):
-    """Every bench of the task on one model: (summary, per-item list)."""
-    return evaluate(lm, tok, task.benches, data_dir=args.data_dir, limit=args.eval_limit, reference=reference,
-                    batch_size=args.eval_batch_size, device=env.device, pct=task.pct, per_subject=args.per_subject,
-                    seed=args.seed, mask_rule=args.eval_mask)
+    """Every bench of the task on one model: (summary, per-item list). Runs under env.ctx (the caller's)."""
+    with linear_weights_in(lm, env.dtype):
+        return evaluate(lm, tok, task.benches, data_dir=args.data_dir, limit=args.eval_limit, reference=reference,
+                        batch_size=args.eval_batch_size, device=env.device, pct=task.pct,
+                        per_subject=args.per_subject, seed=args.seed, mask_rule=args.eval_mask)
 
 
 def evaluate_references(target, retain, task, tok, args, env):
