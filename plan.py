@@ -275,7 +275,9 @@ def describe(args, bench, benches, out, standard, width):
     threads, why = set_threads(args)
     precision = "autocast" if dtype == "bfloat16" else "full precision"
     if args.dtype == "auto" and device == "cpu":
-        precision += ", the CPU has native bf16" if dtype == "bfloat16" else ", no native bf16 on this CPU"
+        precision += ", the CPU has native bf16" if dtype == "bfloat16" else \
+            ", no native bf16 on this CPU" if not native_bf16_cpu() else \
+            f", a model {width} wide: bf16 from {BF16_MIN_WIDTH}"
     log0(f"  device   {device}, {dtype} ({precision}), {threads} CPU threads ({why})"
          + (f", {world} processes" if world > 1 else ""))
     phases = ", ".join(f"phase {p}: {n} epoch(s)" for p, n in m.phases(args) if n)

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The toy benchmark's table: every method in methods.METHODS and ALTER's ablations on the same seed, then one
 # table. Usage: bash experiments/toy_table.sh [extra train.py flags]   (about 25 minutes on 2 CPU cores)
+# OUT (default out/toy_table) and TABLE (default results/toy_table.md) place the runs and the table, e.g.
+#   OUT=out/toy_table_bf16 TABLE=results/toy_table_bf16.md bash experiments/toy_table.sh --dtype bfloat16
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extra=("$@")
@@ -20,8 +22,8 @@ for spec in "${runs[@]}"; do
   set -- $spec
   name=$1; shift
   echo "== $name"
-  python train.py --forget toy_forget10 --model tiny --out "out/toy_table/$name" --overwrite "$@" "${extra[@]}" \
+  python train.py --forget toy_forget10 --model tiny --out "${OUT:-out/toy_table}/$name" --overwrite "$@" "${extra[@]}" \
     | tail -n 3
 done
-python experiments/collect.py out/toy_table > results/toy_table.md
-cat results/toy_table.md
+python experiments/collect.py "${OUT:-out/toy_table}" > "${TABLE:-results/toy_table.md}"
+cat "${TABLE:-results/toy_table.md}"
