@@ -13,8 +13,9 @@ Rows, for each precision:
   - greedy generation tokens/s, ours vs transformers.generate;
   - ALTER at inference (alter.GatedLM, entropy gate: a base pass and the adapted pass) against the plain model
     on the same inputs: scoring (logits at the second half of every row) and greedy generation;
-  - one unlearning step (forward + backward + optimizer) of ALTER Phase II, plain LoRA (GradDiff), AsymLoRA
-    and full fine-tuning GradDiff on the same batch, as ratios to plain LoRA, and the peak memory each step
+  - one unlearning step (forward + backward + optimizer) of ALTER Phase II (exact isolation of A, and
+    "alter:position", --a-grad position), plain LoRA (GradDiff), AsymLoRA and full fine-tuning GradDiff on the
+    same batch, as ratios to plain LoRA, and the peak memory each step
     adds to the loaded model (CPU: resident memory sampled every millisecond, each method in its own
     process; CUDA: peak allocated memory);
   - multiple-choice questions per second (evaluate.eval_mc, lm-eval's zero-shot prompt) on MMLU and WMDP
@@ -126,12 +127,13 @@ def one_step(base, method, precision):
     import torch.nn.functional as F
     from alter import AlterConfig, adapter_params, attach
     from methods import METHODS, hparams
+    method, _, a_grad = method.partition(":")  # "alter:position": ALTER with --a-grad position
     B, T, V = args.step_batch, args.step_tokens, base.config.vocab_size
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, V, (B, T), generator=g).to(args.device)
     y = torch.randint(0, V, (B, T), generator=g).to(args.device)
     y[:, :T // 2] = -100  # the first half is the prompt
-    hp = hparams()
+    hp = hparams(**({"a_grad": a_grad} if a_grad else {}))
     batch = {"x": x, "y": y, "mask": torch.ones_like(x), "gate": hp.train_gate, "a_grad": hp.a_grad,
              "expert": torch.tensor([1, 2, 3, 4] * (B // 8) + [0] * (B // 2), device=args.device)}
     batch["high"] = torch.rand(B, T, generator=g).to(args.device) > 0.7
@@ -169,7 +171,7 @@ def step_rows(precision):
     """One unlearning step per method, each in a fresh process (so one method's freed memory cannot hide
     the next one's peak); ratios to plain LoRA."""
     res, rows = {}, []
-    for method in ("lora", "alter", "asymlora", "gd"):
+    for method in ("lora", "alter", "alter:position", "asymlora", "gd"):
         cmd = [sys.executable, __file__, "--step-only", method, "--precision", precision] + \
             [a for a in sys.argv[1:] if a not in ("--step-only", "--precision")]
         r = subprocess.run(cmd, capture_output=True, text=True)

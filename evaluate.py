@@ -115,13 +115,15 @@ def generate(lm, tok, prompts, max_new_tokens, batch_size=16, device="cpu", desc
 
 @torch.no_grad()
 def last_logits(lm, prompts, pad_id, batch_size=16, device="cpu", desc="mc"):
-    """Logits at the last token of each prompt: (n, V), one forward per question, batched."""
+    """Logits at the last token of each prompt: (n, V), one forward per question, batched by length. Rows are
+    right-padded, so every read position precedes its row's padding: causal attention alone is exact there,
+    and the forward runs without a mask (SDPA's causal kernel) and with the output layer at those positions."""
     out = [None] * len(prompts)
     for idx in tqdm(_by_length(len(prompts), [len(p) for p in prompts], batch_size), desc=desc, leave=False,
                     disable=None):
         b = collate([(prompts[i] + [pad_id], len(prompts[i])) for i in idx], pad_id, device)
         last = torch.tensor([len(prompts[i]) - 1 for i in idx], device=b["x"].device)
-        logits, _ = lm(b["x"], attention_mask=b["mask"], keep=(torch.arange(len(idx), device=last.device), last))
+        logits, _ = lm(b["x"], keep=(torch.arange(len(idx), device=last.device), last))
         for j, i in enumerate(idx):
             out[i] = logits[j].float().cpu()
     return torch.stack(out)

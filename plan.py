@@ -237,6 +237,9 @@ def busy_cores(seconds=0.2):
     return round(busy)
 
 
+TORCH_THREADS = torch.get_num_threads()  # torch's own default (the physical cores), before any run changed it
+
+
 def set_threads(args):
     """torch's CPU threads: --threads, else OMP_NUM_THREADS, else the cores not busy with other work (at least
     one). A thread count above the free cores makes every parallel region wait for a descheduled thread: with
@@ -248,7 +251,7 @@ def set_threads(args):
         n, why = torch.get_num_threads(), "OMP_NUM_THREADS"
     else:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        n = min(cores, torch.get_num_threads())
+        n = min(cores, TORCH_THREADS)
         busy = busy_cores()
         n, why = max(1, n - busy), f"{busy} of {cores} cores busy with other work" if busy else "every core free"
     torch.set_num_threads(n)

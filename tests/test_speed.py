@@ -1,0 +1,141 @@
+"""The speed mechanics give the same numbers as the plain computation: logits only at the kept positions, the
+gate's entropy a chunk at a time, Linear weights cast once under bf16 autocast; evaluation never asks for the
+(B, T, V) logits; --dtype auto and --threads choose as documented.
+
+Run: python -m pytest -q tests/test_speed.py
+"""
+import argparse
+
+import pytest
+import torch
+
+import evaluate
+import plan
+from alter import AlterConfig, GatedLM, attach
+from entropy import head_entropy, tsallis
+from model import GPT, GPTConfig, linear_weights_in
+
+
+def tiny(arch="llama", seed=0):
+    torch.manual_seed(seed)
+    kw = dict(n_kv_head=2, intermediate_size=80) if arch == "llama" else {}
+    return GPT(GPTConfig(arch=arch, vocab_size=101, block_size=64, n_layer=2, n_head=4, n_embd=32,
+                         eos_token_id=[2], **kw)).eval()
+
+
+def trained_adapter(model):
+    """A 4-expert adapter with nonzero B (a fresh one is a no-op, which would hide any error)."""
+    attach(model, AlterConfig(n_experts=4))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n or ".router." in n:
+                p.normal_(0, 0.5)
+    return model
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_kept_positions_equal_the_full_logits(arch):
+    m = tiny(arch)
+    x = torch.randint(0, 101, (3, 10))
+    am = torch.ones_like(x)
+    am[1, :3] = 0
+    y = torch.randint(0, 101, (3, 10))
+    y[:, :4] = -100
+    with torch.no_grad():
+        full, loss = m(x, attention_mask=am, targets=y)
+        keep = y != -100
+        part, loss_kept = m(x, attention_mask=am, targets=y, keep=keep)
+        last, _ = m(x, attention_mask=am, keep=(slice(None), -1))
+    assert part.shape == (int(keep.sum()), 101) and torch.equal(part, full[keep])
+    assert torch.allclose(loss_kept, loss)
+    assert torch.equal(last, full[:, -1])
+
+
+def test_gated_lm_keeps_positions_and_chunks_the_entropy():
+    m = trained_adapter(tiny())
+    gated = GatedLM(m, q=1.5, theta=0.5)
+    x = torch.randint(0, 101, (2, 12))
+    keep = torch.zeros_like(x, dtype=torch.bool)
+    keep[:, 6:] = True
+    with torch.no_grad():
+        full, _ = gated(x)
+        part, _ = gated(x, keep=keep)
+        h = m(x, hidden_only=True)
+        base = m.lm_head(h)
+    assert torch.equal(part, full[keep])
+    assert torch.allclose(head_entropy(m.lm_head, h, 1.5, chunk=5), tsallis(base, 1.5), atol=1e-6)
+
+
+def test_linear_weights_cast_once_give_autocasts_numbers():
+    m = trained_adapter(tiny("gpt2"))
+    tied = m.lm_head.weight
+    x = torch.randint(0, 101, (2, 9))
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        ref, _ = GatedLM(m)(x)
+        with linear_weights_in(m, "bfloat16"):
+            assert m.lm_head.weight.dtype == torch.bfloat16 and m.transformer.wte.weight.dtype == torch.float32
+            got, _ = GatedLM(m)(x)
+    assert torch.equal(got, ref)
+    assert m.lm_head.weight is tied and m.transformer.wte.weight is tied  # restored, still tied
+    with linear_weights_in(m, "float32"):
+        assert m.lm_head.weight is tied  # float32: nothing cast
+
+
+def test_evaluation_never_asks_for_every_positions_logits():
+    """token_logps, last_logits and generate read a few positions: each forward must say which (keep)."""
+    m = tiny("gpt2")
+    calls = []
+
+    class Spy(torch.nn.Module):
+        config = m.config
+
+        def forward(self, idx, **kw):
+            calls.append(kw.get("keep") is not None)
+            return m(idx, **kw)
+
+        def new_cache(self):
+            return m.new_cache()
+        generate = GPT.generate
+
+    spy = Spy()
+    examples = [([5, 6, 7, 8, 9], 3), ([5, 6, 7], 1)]
+    evaluate.token_logps(spy, examples, pad_id=0)
+    evaluate.last_logits(spy, [[5, 6, 7], [8, 9]], pad_id=0)
+    spy.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=3, eos_token_id=[])
+    assert calls and all(calls), calls
+
+
+def test_auto_dtype_and_threads(monkeypatch):
+    args = argparse.Namespace(device="cpu", dtype="auto", threads=0)
+    monkeypatch.setattr(plan, "native_bf16_cpu", lambda: True)
+    assert plan.device_and_dtype(args, 576) == ("cpu", "bfloat16")
+    assert plan.device_and_dtype(args, None) == ("cpu", "bfloat16")
+    assert plan.device_and_dtype(args, 128) == ("cpu", "float32")  # the toy's model: bf16 does not pay
+    monkeypatch.setattr(plan, "native_bf16_cpu", lambda: False)
+    assert plan.device_and_dtype(args, 576) == ("cpu", "float32")
+    assert plan.device_and_dtype(argparse.Namespace(device="cpu", dtype="bfloat16"), 128) == ("cpu", "bfloat16")
+    before = torch.get_num_threads()
+    try:
+        assert plan.set_threads(argparse.Namespace(threads=1)) == (1, "--threads") and torch.get_num_threads() == 1
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        n, why = plan.set_threads(argparse.Namespace(threads=0))
+        assert 1 <= n <= before and torch.get_num_threads() == n and why
+    finally:
+        torch.set_num_threads(before)
+    assert 0 <= plan.busy_cores(0.05) <= len(__import__("os").sched_getaffinity(0))
+
+
+def test_last_logits_batched_equal_transformers_one_by_one(tmp_path):
+    """Multiple choice reads the last prompt position of right-padded, length-sorted batches without an attention
+    mask: equal to transformers on each prompt alone."""
+    transformers = pytest.importorskip("transformers")
+    tiny().save_pretrained(tmp_path)
+    ours = GPT.from_pretrained(str(tmp_path), verbose=False).eval()
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path)).eval()
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(3, 101, (n,), generator=g).tolist() for n in (7, 3, 12, 12, 5, 9)]
+    got = evaluate.last_logits(ours, prompts, pad_id=0, batch_size=4)
+    with torch.no_grad():
+        ref = torch.stack([theirs(torch.tensor([p])).logits[0, -1] for p in prompts])
+    assert torch.allclose(got, ref, atol=1e-5), (got - ref).abs().max()
