@@ -1,7 +1,11 @@
 """
 Speed of our code, measured in one run on the same weights and inputs: against transformers, and each of our
 methods against its plain counterpart. Every figure is printed for float32 and for bf16 autocast (float32
-weights, matrix products in bf16: train.py's --dtype bfloat16, the default where the hardware has native bf16).
+weights, matrix products in bf16: train.py's --dtype bfloat16, --dtype auto's choice on CUDA and, for models
+at least 512 wide, on CPUs with native bf16). In the bf16 rows of inference (forward, generation, GatedLM,
+multiple choice) every Linear weight is cast to bf16 once (model.linear_weights_in, as our evaluation does),
+for transformers' model too, so both sides skip autocast's per-call weight casts; the step rows are plain
+autocast, as train.py's training.
 
     python bench.py --model HuggingFaceTB/SmolLM2-135M-Instruct    # or a checkpoint directory
     python bench.py --model .cache/smollm2 --data-dir ../shared/data   # + multiple-choice questions per second
@@ -167,13 +171,25 @@ def one_step(base, method, precision):
     return seconds, added, sum(p.numel() for p in params)
 
 
+def child_argv():
+    """This run's flags without --step-only and --precision (and their values): the step processes get their own."""
+    out, skip = [], False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif a in ("--step-only", "--precision"):
+            skip = True
+        elif not a.startswith(("--step-only=", "--precision=")):
+            out.append(a)
+    return out
+
+
 def step_rows(precision):
     """One unlearning step per method, each in a fresh process (so one method's freed memory cannot hide
     the next one's peak); ratios to plain LoRA."""
     res, rows = {}, []
     for method in ("lora", "alter", "alter:position", "asymlora", "gd"):
-        cmd = [sys.executable, __file__, "--step-only", method, "--precision", precision] + \
-            [a for a in sys.argv[1:] if a not in ("--step-only", "--precision")]
+        cmd = [sys.executable, __file__, "--step-only", method, "--precision", precision] + child_argv()
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode != 0:  # e.g. out of memory: a row that says so, and the other methods still run
             print(f"the {method} step failed:\n{r.stderr[-2000:]}", file=sys.stderr)
@@ -239,18 +255,19 @@ def mc_rows(ours):
     """Questions per second of evaluate.eval_mc (zero-shot) on the first --mc questions of MMLU (its first
     subjects) and of WMDP bio and cyber (long code prompts)."""
     from data.benchmarks import load_split
-    from evaluate import eval_mc
+    from evaluate import eval_mc, mc_prompt
     from tokenizer import Tokenizer
     tok = Tokenizer.from_pretrained(ours.source)
     rows = []
+    eval_mc(ours, tok, load_split("mmlu_dev", args.data_dir)[:8], batch_size=32, device=args.device)  # warm-up
     for split in ("mmlu_test", "wmdp_bio", "wmdp_cyber"):
         qs = load_split(split, args.data_dir)[:args.mc]
         t0 = time.perf_counter()
         eval_mc(ours, tok, qs, batch_size=32, device=args.device, desc=split)
         t = time.perf_counter() - t0
-        n_tok = sum(len(tok.encode(q["question"])) for q in qs) / len(qs)
-        rows.append((f"multiple choice {split}, {len(qs)} questions", f"{len(qs) / t:.1f} q/s",
-                     f"{t:.1f} s (questions ~{n_tok:.0f} tokens)", ""))
+        n_tok = sum(len(tok.encode(mc_prompt(q))) for q in qs) / len(qs)
+        rows.append((f"multiple choice {split}, first {len(qs)}", f"{len(qs) / t:.1f} q/s",
+                     f"{t:.1f} s (prompts {n_tok:.0f} tokens on average)", ""))
     return rows
 
 
@@ -283,7 +300,7 @@ def load_theirs(ours, dtype):
     return theirs.eval()
 
 
-def gpt2_row(dtype):
+def gpt2_row(dtype, precision):
     """The forward row for a GPT-2-shaped model: a checkpoint, or GPT-2 small's shape with random weights
     written to a temporary directory (the same files feed both implementations)."""
     import transformers
@@ -298,7 +315,8 @@ def gpt2_row(dtype):
         ours = GPT.from_pretrained(path, dtype=dtype, verbose=False).to(args.device).eval()
         theirs = transformers.AutoModelForCausalLM.from_pretrained(ours.source, dtype=dtype).to(args.device).eval()
         name = "GPT-2 124M" + (" (random weights)" if args.gpt2 == "random" else f" ({args.gpt2})")
-        return forward_row(ours, theirs, name)
+        with linear_weights_in(ours, precision), linear_weights_in(theirs, precision):
+            return forward_row(ours, theirs, name)
 
 
 def main():
@@ -315,11 +333,11 @@ def main():
     theirs = load_theirs(ours, dtype)
     name = f"{args.shape} (random weights)" if args.shape else os.path.basename(args.model.rstrip("/"))
     rows = {p: [] for p in precisions}
-    for p in precisions:  # both implementations under the same autocast, each weight cast once (as evaluation)
+    for p in precisions:  # both implementations under the same autocast, each Linear weight cast once
         with autocast(p), linear_weights_in(ours, p), linear_weights_in(theirs, p):
             rows[p].append(forward_row(ours, theirs, name))
             if args.gpt2 != "skip":
-                rows[p].append(gpt2_row(dtype))
+                rows[p].append(gpt2_row(dtype, p))
             rows[p].append(generation_row(ours, theirs))
             rows[p] += gated_rows(ours)
     theirs = None  # freed

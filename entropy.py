@@ -27,8 +27,10 @@ from data.batching import collate
 def tsallis(logits, q, dim=-1):
     """S_q of softmax(logits) along dim, in fp32. Exact Shannon entropy at q = 1, stable near it."""
     logp = F.log_softmax(logits, dim=dim, dtype=torch.float32)
-    if abs(q - 1) >= 0.05:  # sum_i p_i^q = sum_i exp(q log p_i), in place: no other temporary of the logits' size
-        return (1 - logp.mul_(q).exp_().sum(dim)) / (q - 1)
+    if abs(q - 1) >= 0.25:  # sum_i p_i^q = sum_i exp(q log p_i); without autograd in place (no other temporary
+        # of the logits' size). Nearer q = 1, 1 - sum_i p_i^q cancels: the expm1 form below keeps the precision
+        pq = (logp * q).exp() if logp.requires_grad else logp.mul_(q).exp_()
+        return (1 - pq.sum(dim)) / (q - 1)
     if q == 1.0:
         return -(logp.exp() * logp).sum(dim)
     # 1 - sum_i p_i^q = -sum_i (p_i^q - p_i) = -sum_i p_i * expm1((q - 1) log p_i): exact for every q and

@@ -115,7 +115,7 @@ def generate(lm, tok, prompts, max_new_tokens, batch_size=16, device="cpu", desc
 
 @torch.no_grad()
 def last_logits(lm, prompts, pad_id, batch_size=16, device="cpu", desc="mc"):
-    """Logits at the last token of each prompt: (n, V), one forward per question, batched by length. Rows are
+    """Logits at the last token of each prompt: (n, V), batched by length (one row per question). Rows are
     right-padded, so every read position precedes its row's padding: causal attention alone is exact there,
     and the forward runs without a mask (SDPA's causal kernel) and with the output layer at those positions."""
     out = [None] * len(prompts)
@@ -399,7 +399,7 @@ def main(argv=None):
     from alter import GatedLM, load_adapter
     from checkpoint import read_safetensors
     from model import GPT, linear_weights_in
-    from plan import device_and_dtype, set_threads
+    from plan import device_and_dtype, model_width, set_threads
     from tokenizer import Tokenizer
     try:
         run, run_dir = {}, None
@@ -418,6 +418,8 @@ def main(argv=None):
         bad = [b for b in benches if b not in BENCHES]
         if bad:
             raise ValueError(f"unknown bench {bad}; valid: {', '.join(BENCHES)}")
+        if args.dtype == "auto":  # resolved before it is compared with the adapter's dtype
+            args.dtype = device_and_dtype(args, model_width(argparse.Namespace(target=None, model=args.model)))[1]
         s = run_settings(args, run, benches)
         reference = retain_reference(benches, s, run_dir, args.limit)
         model = GPT.from_pretrained(args.model).to(args.device).eval()

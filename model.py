@@ -250,14 +250,15 @@ def linear_weights_in(model, dtype):
     """For no-grad work under autocast to `dtype` (evaluation): every nn.Linear's float32 weight cast once, for
     the scope of the `with`, instead of at every call. Autocast caches a cast only for weights that require
     grad, so a frozen model's weights were cast again at every forward (every generated token: the output
-    layer's 50,257 x C each time). The same casts autocast makes, so the same results. dtype float32: nothing."""
+    layer's 50,257 x C each time). The same casts autocast makes, so the same results; only under autocast (a
+    bf16 weight meets fp32 activations otherwise). Inside, a tied output layer is untied. float32: nothing."""
     saved = []
-    if dtype in ("bfloat16", torch.bfloat16):
-        for m in model.modules():
-            if isinstance(m, nn.Linear) and m.weight.dtype == torch.float32:
-                saved.append((m, m.weight))
-                m.weight = nn.Parameter(m.weight.detach().to(torch.bfloat16), requires_grad=False)
     try:
+        if dtype in ("bfloat16", torch.bfloat16):
+            for m in model.modules():
+                if isinstance(m, nn.Linear) and m.weight.dtype == torch.float32:
+                    saved.append((m, m.weight))
+                    m.weight = nn.Parameter(m.weight.detach().to(torch.bfloat16), requires_grad=False)
         yield model
     finally:
         for m, w in saved:

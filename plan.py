@@ -216,9 +216,19 @@ def model_width(args):
         return None
 
 
+def cpu_quota():
+    """CPUs a cgroup v2 quota allows this process (a container's --cpus), or None."""
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()
+        return None if quota == "max" else max(1, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        return None
+
+
 def busy_cores(seconds=0.2):
-    """How many of the cores this process may use are busy with other work now (from /proc/stat, sampled over
-    `seconds`); 0 where that cannot be read."""
+    """How many of the logical CPUs this process may use are busy now (from /proc/stat, sampled over `seconds`:
+    other work, since this process is idle while it waits); 0 where that cannot be read."""
     def sample():
         with open("/proc/stat") as f:  # cpuN user nice system idle iowait irq softirq steal ...
             rows = [line.split() for line in f if line.startswith("cpu") and line[3].isdigit()]
@@ -242,7 +252,7 @@ TORCH_THREADS = torch.get_num_threads()  # torch's own default (the physical cor
 
 def set_threads(args):
     """torch's CPU threads: --threads, else OMP_NUM_THREADS, else the cores not busy with other work (at least
-    one). A thread count above the free cores makes every parallel region wait for a descheduled thread: with
+    one; at most torch's default, the physical cores, and a container's CPU quota). A thread count above the free cores makes every parallel region wait for a descheduled thread: with
     two other jobs on 2 cores, 2 threads ran the toy's target model 3.7x slower than 1 thread (README,
     "Speed"). Returns (threads, why)."""
     if args.threads:
@@ -251,6 +261,7 @@ def set_threads(args):
         n, why = torch.get_num_threads(), "OMP_NUM_THREADS"
     else:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        cores = min(cores, cpu_quota() or cores)
         n = min(cores, TORCH_THREADS)
         busy = busy_cores()
         n, why = max(1, n - busy), f"{busy} of {cores} cores busy with other work" if busy else "every core free"

@@ -1,17 +1,19 @@
 """The speed mechanics give the same numbers as the plain computation: logits only at the kept positions, the
-gate's entropy a chunk at a time, Linear weights cast once under bf16 autocast; evaluation never asks for the
-(B, T, V) logits; --dtype auto and --threads choose as documented.
+gate's entropy a chunk at a time, Linear weights held in bf16 for a scope under bf16 autocast, ALTER's one-matmul
+isolation by data source; evaluation never asks for the (B, T, V) logits; --dtype auto and --threads choose
+as documented.
 
 Run: python -m pytest -q tests/test_speed.py
 """
 import argparse
+import os
 
 import pytest
 import torch
 
 import evaluate
 import plan
-from alter import AlterConfig, GatedLM, attach
+from alter import AlterConfig, GatedLM, OwnExperts, Route, attach
 from entropy import head_entropy, tsallis
 from model import GPT, GPTConfig, linear_weights_in
 
@@ -53,18 +55,45 @@ def test_kept_positions_equal_the_full_logits(arch):
 
 
 def test_gated_lm_keeps_positions_and_chunks_the_entropy():
+    """GatedLM = the base model's full logits -> S_q -> the entropy-routed adapted pass, written out here."""
     m = trained_adapter(tiny())
-    gated = GatedLM(m, q=1.5, theta=0.5)
     x = torch.randint(0, 101, (2, 12))
+    with torch.no_grad(), m.routing(Route("off")):
+        base, _ = m(x)
+        h = m(x, hidden_only=True)
+    S = tsallis(base, 1.5)
+    theta = S.median().item()  # half the tokens high, half low: the gate matters
+    with torch.no_grad(), m.routing(Route("entropy", high=S > theta)):
+        ref, _ = m(x)
+    gated = GatedLM(m, q=1.5, theta=theta)
     keep = torch.zeros_like(x, dtype=torch.bool)
     keep[:, 6:] = True
     with torch.no_grad():
         full, _ = gated(x)
         part, _ = gated(x, keep=keep)
-        h = m(x, hidden_only=True)
-        base = m.lm_head(h)
+        router, _ = GatedLM(m, gate="router")(x)
+    assert torch.allclose(full, ref, atol=1e-6) and not torch.allclose(full, router, atol=1e-3)
     assert torch.equal(part, full[keep])
-    assert torch.allclose(head_entropy(m.lm_head, h, 1.5, chunk=5), tsallis(base, 1.5), atol=1e-6)
+    assert torch.allclose(head_entropy(m.lm_head, h, 1.5, chunk=5), S, atol=1e-6)
+
+
+def test_own_experts_equals_the_two_matmul_isolation_under_bf16():
+    """alter.OwnExperts (one matmul) against z_own @ B + z_other @ B.detach(): output and both gradients."""
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(3, 5, 4 * 2, generator=g, requires_grad=True)
+    B = torch.randn(4 * 2, 7, generator=g, requires_grad=True)
+    rows = torch.tensor([0, 2, 3])
+    own = torch.nn.functional.one_hot(rows, 4).repeat_interleave(2, dim=1)[:, None, :]
+    dy = torch.randn(3, 5, 7, generator=g)
+    for bf16 in (False, True):
+        with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+            got = OwnExperts.apply(z, B, own)
+            ref = (z * own) @ B + (z * (1 - own)) @ B.detach()
+        gz, gB = torch.autograd.grad(got, (z, B), dy)
+        rz, rB = torch.autograd.grad(ref, (z, B), dy)
+        tol = 5e-2 if bf16 else 1e-5
+        assert gB.dtype == torch.float32 and torch.allclose(got, ref, atol=tol)
+        assert torch.allclose(gz, rz, atol=tol) and torch.allclose(gB, rB, atol=tol, rtol=tol)
 
 
 def test_linear_weights_cast_once_give_autocasts_numbers():
@@ -99,11 +128,18 @@ def test_evaluation_never_asks_for_every_positions_logits():
         generate = GPT.generate
 
     spy = Spy()
+    calls_shape = []
+
+    def record(module, inputs, output):
+        x = inputs[0]  # (B, T); one new token per row (T = 1) in generation after the prompt
+        calls_shape.append(output[0].dim() == 2 and (output[0].size(0) < x.numel() or x.size(1) == 1))
+    spy.register_forward_hook(record)
     examples = [([5, 6, 7, 8, 9], 3), ([5, 6, 7], 1)]
     evaluate.token_logps(spy, examples, pad_id=0)
     evaluate.last_logits(spy, [[5, 6, 7], [8, 9]], pad_id=0)
     spy.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=3, eos_token_id=[])
     assert calls and all(calls), calls
+    assert all(calls_shape), calls_shape  # (n, V) logits for fewer positions than the batch holds
 
 
 def test_auto_dtype_and_threads(monkeypatch):
@@ -115,15 +151,20 @@ def test_auto_dtype_and_threads(monkeypatch):
     monkeypatch.setattr(plan, "native_bf16_cpu", lambda: False)
     assert plan.device_and_dtype(args, 576) == ("cpu", "float32")
     assert plan.device_and_dtype(argparse.Namespace(device="cpu", dtype="bfloat16"), 128) == ("cpu", "bfloat16")
+    assert 0 <= plan.busy_cores(0.05) <= len(os.sched_getaffinity(0))
     before = torch.get_num_threads()
     try:
         assert plan.set_threads(argparse.Namespace(threads=1)) == (1, "--threads") and torch.get_num_threads() == 1
         monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
         n, why = plan.set_threads(argparse.Namespace(threads=0))
         assert 1 <= n <= before and torch.get_num_threads() == n and why
+        monkeypatch.setattr(plan, "busy_cores", lambda seconds=0.2: 1)  # one core busy with other work: one thread fewer
+        cores = min(len(os.sched_getaffinity(0)), plan.cpu_quota() or 10**6, plan.TORCH_THREADS)
+        assert plan.set_threads(argparse.Namespace(threads=0))[0] == max(1, cores - 1)
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        assert plan.set_threads(argparse.Namespace(threads=0))[1] == "OMP_NUM_THREADS"
     finally:
         torch.set_num_threads(before)
-    assert 0 <= plan.busy_cores(0.05) <= len(__import__("os").sched_getaffinity(0))
 
 
 def test_last_logits_batched_equal_transformers_one_by_one(tmp_path):
