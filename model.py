@@ -337,7 +337,8 @@ class GPT(nn.Module):
         cross-entropy (or None). keep, an index of the (B, T) positions (a bool mask, or e.g.
         (slice(None), -1) for each row's last), computes the output layer there alone: logits x[keep] (n, V),
         loss over targets[keep]; the (B, T, V) logits of a large vocabulary are most of a small model's time
-        and memory where only a few positions are read. `cache` is a list of [k, v] per layer, filled and extended in place.
+        and memory where only a few positions are read. `cache` is a list of [k, v] per layer, filled and
+        extended in place.
         position_ids (B, T), optional, replace the positions derived from the mask (transformers' forward
         without them uses 0..T-1 whatever the mask)."""
         B, T = idx.size()

@@ -252,9 +252,10 @@ TORCH_THREADS = torch.get_num_threads()  # torch's own default (the physical cor
 
 def set_threads(args):
     """torch's CPU threads: --threads, else OMP_NUM_THREADS, else the cores not busy with other work (at least
-    one; at most torch's default, the physical cores, and a container's CPU quota). A thread count above the free cores makes every parallel region wait for a descheduled thread: with
-    two other jobs on 2 cores, 2 threads ran the toy's target model 3.7x slower than 1 thread (README,
-    "Speed"). Returns (threads, why)."""
+    one; at most torch's default, the physical cores, and a container's CPU quota). A thread count above the
+    free cores makes every parallel region wait for a descheduled thread: beside two other jobs on 2 cores,
+    the toy's target model took 378 s with 2 threads, its retain model 101 s with 1 (README, "Speed").
+    Returns (threads, why)."""
     if args.threads:
         n, why = args.threads, "--threads"
     elif os.environ.get("OMP_NUM_THREADS"):

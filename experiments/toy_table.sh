@@ -22,7 +22,8 @@ for spec in "${runs[@]}"; do
   set -- $spec
   name=$1; shift
   echo "== $name"
-  python train.py --forget toy_forget10 --model tiny --out "${OUT:-out/toy_table}/$name" --overwrite "$@" "${extra[@]}" \
+  python train.py --forget toy_forget10 --model tiny --out "${OUT:-out/toy_table}/$name" --overwrite "$@" \
+    "${extra[@]}" \
     | tail -n 3
 done
 python experiments/collect.py "${OUT:-out/toy_table}" > "${TABLE:-results/toy_table.md}"

@@ -158,7 +158,7 @@ def test_auto_dtype_and_threads(monkeypatch):
         monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
         n, why = plan.set_threads(argparse.Namespace(threads=0))
         assert 1 <= n <= before and torch.get_num_threads() == n and why
-        monkeypatch.setattr(plan, "busy_cores", lambda seconds=0.2: 1)  # one core busy with other work: one thread fewer
+        monkeypatch.setattr(plan, "busy_cores", lambda seconds=0.2: 1)  # one busy core: one thread fewer
         cores = min(len(os.sched_getaffinity(0)), plan.cpu_quota() or 10**6, plan.TORCH_THREADS)
         assert plan.set_threads(argparse.Namespace(threads=0))[0] == max(1, cores - 1)
         monkeypatch.setenv("OMP_NUM_THREADS", "1")
