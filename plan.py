@@ -51,7 +51,8 @@ MODELS = {
     "muse": dict(target="muse-bench/MUSE-{corpus}_target", retain_model="muse-bench/MUSE-{corpus}_retrain"),
 }
 # flags that do not change what a run computes (left out of its config.json)
-NOT_CONFIG = ("resume", "overwrite", "stop_after", "eval", "device", "eval_batch_size", "log_every", "out", "cache")
+NOT_CONFIG = ("resume", "overwrite", "stop_after", "eval", "device", "eval_batch_size", "log_every", "out", "cache",
+              "threads")
 # what evaluating one record costs (evaluate.py): sequences scored, tokens generated at most
 EVAL_WORK = {"perturbed": (7, 200), "holdout": (1, 0), "mc": (1, 0), "mmlu": (1, 0), "wmdp": (1, 0),
              "verbmem": (0, 128), "knowmem": (0, 32), "privleak": (1, 0), "bio": (1, 0)}
