@@ -40,7 +40,7 @@ log="${OUT_DIR:-results/bench}/gpu_check_$name.txt"
     --log-every 1000 ${toy[@]+"${toy[@]}"}
   for s in "${shapes[@]}"; do
     echo "## 2. bench.py --shape $s"
-    python bench.py --shape "$s" --device "$DEVICE" --dtype bfloat16 --gpt2 skip --mmlu 0 "${bench[@]}"
+    python bench.py --shape "$s" --device "$DEVICE" --dtype bfloat16 --gpt2 skip --mc 0 "${bench[@]}"
   done
   echo "total $(( $(date +%s) - start )) s"
 } 2>&1 | grep --line-buffered -v -E "it/s\]|s/it\]" | tee "$log"

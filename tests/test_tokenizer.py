@@ -169,10 +169,10 @@ def test_sentencepiece_style_answer_span_and_mc_letters(tmp_path, shared_data):
     class Oracle:  # a model whose next-token logits favour the reference's id of " C" over every other token
         config = type("C", (), {"block_size": 64})
 
-        def __call__(self, x, attention_mask=None, **kw):
+        def __call__(self, x, attention_mask=None, keep=None, **kw):
             logits = torch.zeros(*x.shape, len(ref.get_vocab()))
             logits[..., letters[2]] = 1.0
-            return logits, None
+            return (logits if keep is None else logits[keep]), None
     row = {"question": "Q?", "choices": ["a", "b", "c", "d"], "answer": 2, "subject": "x"}
     assert eval_mc(Oracle(), tok, [row]) == [1]  # eval_mc reads " C" at the reference's id
     assert all(ref.id_to_token(i) == "▁" + L for i, L in zip(letters, "ABCD"))
