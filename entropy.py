@@ -41,7 +41,7 @@ def tsallis(logits, q, dim=-1):
     return -term.sum(dim) / (q - 1)
 
 
-def head_entropy(head, h, q, chunk=1024):
+def head_entropy(head, h, q, chunk=256):
     """S_q of the next-token distribution at every position of hidden states h (B, T, C) through the output
     layer `head`: (B, T) in fp32, `chunk` positions at a time, so the (B, T, V) logits never exist at once."""
     flat = h.reshape(-1, h.size(-1))
