@@ -418,13 +418,13 @@ def main(argv=None):
         bad = [b for b in benches if b not in BENCHES]
         if bad:
             raise ValueError(f"unknown bench {bad}; valid: {', '.join(BENCHES)}")
-        if args.dtype == "auto":  # resolved before it is compared with the adapter's dtype
-            args.dtype = device_and_dtype(args, model_width(argparse.Namespace(target=None, model=args.model)))[1]
+        if args.dtype == "auto" or (args.dtype is None and "dtype" not in run):  # auto: resolved here, once,
+            # before it is compared with the adapter's dtype
+            auto = argparse.Namespace(device=args.device, dtype="auto")
+            args.dtype = device_and_dtype(auto, model_width(argparse.Namespace(target=None, model=args.model)))[1]
         s = run_settings(args, run, benches)
         reference = retain_reference(benches, s, run_dir, args.limit)
         model = GPT.from_pretrained(args.model).to(args.device).eval()
-        if s["dtype"] == "auto":
-            s["dtype"] = device_and_dtype(argparse.Namespace(device=args.device, dtype="auto"), model.config.n_embd)[1]
         threads, why = set_threads(args)
         print(f"{args.device}, {s['dtype']}" + (f", {threads} CPU threads ({why})" if args.device == "cpu" else ""))
         tok = Tokenizer.from_pretrained(model.source)
