@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from data.batching import batches, label_logps
+from data.batching import batches, collate, label_logps
 from entropy import head_entropy
 from checkpoint import read_safetensors, write_safetensors
 from model import GPT
@@ -252,29 +252,119 @@ def load_adapter(model, path):
 class GatedLM(nn.Module):
     """An adapted model as ALTER runs it at inference. gate="entropy": a base pass (adapters off) gives the
     token entropy S_q, which sets each token's temperature and top-k; then the adapted pass. gate="router":
-    the adapted pass alone, dense router softmax (no base pass: cheaper). Works with GPT.generate."""
+    the adapted pass alone, dense router softmax (no base pass: cheaper). gate="oracle" (an ablation): a row
+    that holds a forget question takes that question's sub-domain expert at its low-entropy answer tokens and
+    B_r everywhere else; every other row B_r. `experts` {prompt ids (tuple): expert 1..N} of the forget
+    questions (the run's sub-domains) tells the oracle, and the routing diagnostics, which rows are which.
+    After each pass, `route` holds that pass's gates (per block) and high-entropy mask. Works with GPT.generate."""
 
-    def __init__(self, model, q=1.5, theta=1.2, gate="entropy"):
+    GATES = ("entropy", "router", "oracle")
+
+    def __init__(self, model, q=1.5, theta=1.2, gate="entropy", experts=None):
         super().__init__()
-        assert gate in ("entropy", "router"), f"gate must be 'entropy' or 'router', got {gate!r}"
+        assert gate in self.GATES, f"gate must be one of {self.GATES}, got {gate!r}"
+        if gate == "oracle" and not experts:
+            raise ValueError("the oracle gate needs the sub-domains of the forget questions (an adapter saved by a "
+                             "question-answer run of train.py)")
         self.model, self.q, self.theta, self.gate = model, q, theta, gate
-        self.config = model.config
+        self.experts = experts or {}
+        self.prompt_lengths = sorted({len(k) for k in self.experts}, reverse=True)
+        self.config, self.route = model.config, None
 
     def new_cache(self):
-        return {"base": self.model.new_cache(), "adapted": self.model.new_cache()}
+        return {"base": self.model.new_cache(), "adapted": self.model.new_cache(), "rows": None}
+
+    def high_entropy(self, idx, attention_mask=None, cache=None, position_ids=None):
+        """The base pass (adapters off): (B, T) True where S_q of the next-token distribution exceeds theta."""
+        with self.model.routing(Route("off")):
+            h = self.model(idx, attention_mask=attention_mask, cache=cache and cache["base"],
+                           position_ids=position_ids, hidden_only=True)
+        return head_entropy(self.model.lm_head, h, self.q) > self.theta  # a chunk of positions at a time
+
+    def expert_of(self, ids, n_prompt):
+        """The sub-domain expert of a forget question's example (its prompt ids[:n_prompt]), else None."""
+        return self.experts.get(tuple(ids[:n_prompt]))
+
+    def oracle_labels(self, idx, high, cache):
+        """(B, T) expert ids of the oracle gate. A scored row (no cache) starts with its prompt, whose last
+        token predicts the first answer token; a generated row is a left-padded prompt (the prefill: its last
+        position predicts) and then one new position per step, all of them answer positions."""
+        B, T = idx.shape
+        if cache is not None and cache["rows"] is not None:  # a decoding step: the rows found at the prefill
+            return torch.where(high, 0, cache["rows"][:, None])
+        rows, start = torch.zeros(B, dtype=torch.long), torch.full((B,), T)
+        for b, ids in enumerate(idx.tolist()):
+            for n in self.prompt_lengths:  # the longest prompt first
+                d = self.experts.get(tuple(ids[-n:] if cache is not None else ids[:n]))
+                if d is not None:
+                    rows[b], start[b] = d, T - 1 if cache is not None else n - 1
+                    break
+        rows, start = rows.to(idx.device), start.to(idx.device)
+        if cache is not None:
+            cache["rows"] = rows
+        answer = torch.arange(T, device=idx.device)[None] >= start[:, None]
+        return torch.where(answer & ~high, rows[:, None], 0)
 
     def forward(self, idx, attention_mask=None, targets=None, cache=None, position_ids=None, keep=None):
         route = Route("router")
-        if self.gate == "entropy":  # the base pass: hidden states, then S_q at every position a chunk at a time
-            with self.model.routing(Route("off")):
-                h = self.model(idx, attention_mask=attention_mask, cache=cache and cache["base"],
-                               position_ids=position_ids, hidden_only=True)
-            route = Route("entropy", high=head_entropy(self.model.lm_head, h, self.q) > self.theta)
+        if self.gate != "router":
+            high = self.high_entropy(idx, attention_mask, cache, position_ids)
+            route = Route("entropy", high=high) if self.gate == "entropy" else \
+                Route("teacher", labels=self.oracle_labels(idx, high, cache), high=high)
         with self.model.routing(route):
-            return self.model(idx, attention_mask=attention_mask, targets=targets, cache=cache and cache["adapted"],
-                              position_ids=position_ids, keep=keep)
+            out = self.model(idx, attention_mask=attention_mask, targets=targets, cache=cache and cache["adapted"],
+                             position_ids=position_ids, keep=keep)
+        self.route = route
+        return out
 
     generate = GPT.generate
+
+
+@torch.no_grad()
+def gate_report(lm, examples, pad_id, labels=None, batch_size=16, device="cpu", ou_mask=False):
+    """What the gate of GatedLM `lm` does on the answer tokens of (ids, n_prompt) examples (every token but the
+    first of a text window): the share marked high-entropy under lm.theta, and the expert that each block's
+    gates weigh most (its top-1; the router's argmax except under the oracle gate), as shares of the tokens
+    and blocks. labels: each example's sub-domain expert, or None (no sub-domain) - then `sub_domain_acc` is
+    the share of the labelled rows' tokens whose top-1 is their sub-domain's expert, at low-entropy tokens
+    (where the forget experts act) and at all. ou_mask: open-unlearning's attention mask (evaluate.MASK_RULES),
+    as the scores of the same examples use it."""
+    E = lm.model.alter_config.n_total
+    top = torch.zeros(2, E)  # top-1 counts over blocks: [low, high] x expert
+    hit, hit_n = torch.zeros(2), torch.zeros(2)  # sub-domain hits, labelled tokens: [low, all]
+    blocks = {}  # block -> [low-entropy tokens to a forget expert, low-entropy tokens, their sub-domain hits, labelled]
+    labels = labels if labels is not None else [None] * len(examples)
+    for i in range(0, len(examples), batch_size):
+        b = collate(examples[i:i + batch_size], pad_id, device)
+        x, am, pos = b["x"], b["mask"], None
+        if ou_mask:
+            am, pos = am.bool() & (x != pad_id), torch.arange(x.size(1), device=x.device)[None]
+        ans = b["y"] != -100
+        lm(x, attention_mask=am, position_ids=pos, keep=ans)
+        high = lm.route.high if lm.route.high is not None else lm.high_entropy(x, am, position_ids=pos)
+        lab = torch.tensor([-1 if d is None else d for d in labels[i:i + batch_size]], device=x.device)[:, None]
+        for block, g in lm.route.gates.items():
+            choice = g.argmax(-1)  # (B, T)
+            for k, where in enumerate((ans & ~high, ans & high)):
+                top[k] += torch.bincount(choice[where], minlength=E).cpu().float()
+            for k, where in enumerate((ans & ~high & (lab >= 0), ans & (lab >= 0))):
+                hit[k] += (choice[where] == lab.expand_as(choice)[where]).sum().item()
+                hit_n[k] += where.sum().item()
+            low, low_lab = ans & ~high, ans & ~high & (lab >= 0)
+            c = blocks.setdefault(block, torch.zeros(4))
+            c += torch.tensor([(choice[low] > 0).sum().item(), low.sum().item(),
+                               (choice[low_lab] == lab.expand_as(choice)[low_lab]).sum().item(), low_lab.sum().item()])
+    share = lambda a, b: round(float(a / b), 4) if b > 0 else None
+    n = top.sum()
+    out = {"tokens": int(n.item() / max(1, len(lm.route.gates))), "high": share(top[1].sum(), n),
+           "low_to_forget": share(top[0, 1:].sum(), top[0].sum()),
+           "high_to_forget": share(top[1, 1:].sum(), top[1].sum()),
+           "usage": [share(u, n) for u in top.sum(0)],
+           "low_to_forget_by_block": [share(c[0], c[1]) for _, c in sorted(blocks.items())]}
+    if hit_n[1] > 0:
+        out.update(sub_domain_acc_low=share(hit[0], hit_n[0]), sub_domain_acc=share(hit[1], hit_n[1]),
+                   sub_domain_acc_low_by_block=[share(c[2], c[3]) for _, c in sorted(blocks.items())])
+    return out
 
 # -----------------------------------------------------------------------------
 # sub-domains: k-means (cosine) on the frozen model's mean-pooled last hidden states

@@ -25,8 +25,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from alter import gate_report
 from data.batching import collate, collate_prompts, encode_qa
 from data.benchmarks import load_split
+from data.forget_sets import pair_rows
 from metrics import (apply_reference, auc, load_retain_logs, min_k, model_utility, prob_normalised, rouge_l, tr_forget,
                      tr_true_better, truth_ratio, write_json, write_jsonl)
 
@@ -178,7 +180,16 @@ def eval_mc_cloze(lm, tok, rows, batch_size=16, device="cpu", desc="mc"):
     return [int(p == r["answer"]) for p, r in zip(pred, rows)]
 
 
-def tofu_like(lm, tok, bench, split, data_dir, limit, batch_size, device, max_new_tokens=200, seed=0, mask_rule="ou"):
+def forget_eval_rows(bench, pct, data_dir=None, seed=0, forget_pair=None):
+    """The forget set's evaluation records (with paraphrased and perturbed answers); forget_pair K: the K-th
+    pair of forget10's authors (train.py --forget-pair)."""
+    if forget_pair is None:
+        return load_split(f"{bench}_forget{pct}_perturbed", data_dir, seed)
+    return pair_rows(load_split(f"{bench}_forget10_perturbed", data_dir, seed), forget_pair)
+
+
+def tofu_like(lm, tok, bench, split, data_dir, limit, batch_size, device, max_new_tokens=200, seed=0, mask_rule="ou",
+              forget_pair=None):
     """TOFU metrics of one forget split (bench "tofu" or "toy"): forget prob / truth ratio / ROUGE, the per-item
     truth ratios and the Min-K% AUC (forget vs holdout) that forget quality and privleak compare with the
     retain reference's (apply_reference), and model utility."""
@@ -211,7 +222,7 @@ def tofu_like(lm, tok, bench, split, data_dir, limit, batch_size, device, max_ne
                           "generation": gens[i]})
         return tr
 
-    forget_rows = L(f"forget{pct}_perturbed")
+    forget_rows = forget_eval_rows(bench, pct, data_dir, seed, forget_pair)[:limit]
     tr = qa_set("forget", forget_rows, "paraphrased_answer", "perturbed_answer", "forget")
     summary["forget_truth_ratio_by_item"] = [float(v) for v in tr]
     qa_set("retain", L("retain_perturbed"), "paraphrased_answer", "perturbed_answer", "true_better")
@@ -266,6 +277,43 @@ def muse_like(lm, tok, bench, data_dir, limit, batch_size, device, pct="10", see
     return summary, items
 
 
+def routing_diagnostics(lm, tok, benches, data_dir=None, limit=None, batch_size=16, device="cpu", seed=0,
+                        mask_rule="ou", extra=None, forget_pair=None):
+    """How an ALTER model's gate routes (alter.gate_report) the answer tokens of every evaluated question-answer
+    set: forget (its answers, which are the forget training rows, paraphrased and perturbed answers), retain,
+    real authors, world facts; plus `extra` {name: (examples, labels)} (train.py adds the training rows of text
+    forgetting). A forget row's label is its question's sub-domain (lm.experts). {set: report}."""
+    sets = dict(extra or {})
+    for bench in benches:
+        if bench.startswith(("tofu_", "toy_forget")):
+            b, pct = bench.split("_")[0], bench[-2:]
+            L = lambda name: load_split(f"{b}_{name}", data_dir, seed)[:limit]
+            f = forget_eval_rows(b, pct, data_dir, seed, forget_pair)[:limit]
+            for name, rows, key in (("forget", f, "answer"), ("forget_paraphrased", f, "paraphrased_answer"),
+                                    ("forget_perturbed", f, "perturbed_answer"), ("retain", L("retain_perturbed"),
+                                    "answer"), ("real_authors", L("real_authors_perturbed"), "answer"),
+                                    ("world_facts", L("world_facts_perturbed"), "answer")):
+                ex = encode_qa(tok, rows, key)
+                sets[name] = (ex, [lm.expert_of(*e) for e in ex])
+    return {name: gate_report(lm, ex, tok.pad_id, labels, batch_size, device, mask_rule == "ou")
+            for name, (ex, labels) in tqdm(sets.items(), desc="routing", leave=False, disable=None)}
+
+
+def print_routing(report, lm):
+    """The routing diagnostics as a short block."""
+    print(f"\nrouting: gate {lm.gate}, S_{lm.q:g} > theta {lm.theta:.3f} is high-entropy; top-1 expert of each block's "
+          f"gates (0 = B_r), shares over answer tokens and blocks")
+    print(f"{'set':<20}{'tokens':>8}{'high':>7}{'low->B_f':>10}{'high->B_f':>11}{'->B_r':>7}{'sub-domain acc':>16}  "
+          "usage by expert")
+    fmt = lambda v: "n/a" if v is None else f"{v:.2f}"
+    for name, r in report.items():
+        acc = f"{fmt(r['sub_domain_acc_low'])} / {fmt(r['sub_domain_acc'])}" if "sub_domain_acc" in r else ""
+        print(f"{name:<20}{r['tokens']:>8}{fmt(r['high']):>7}{fmt(r['low_to_forget']):>10}"
+              f"{fmt(r['high_to_forget']):>11}{fmt(r['usage'][0]):>7}{acc:>16}  {' '.join(map(fmt, r['usage']))}")
+    print("(low->B_f: low-entropy tokens whose top-1 is a forget expert; sub-domain acc: low-entropy / all tokens "
+          "whose top-1 is their question's sub-domain)")
+
+
 BENCHES = ("tofu_forget01", "tofu_forget05", "tofu_forget10", "toy_forget01", "toy_forget05", "toy_forget10",
            "mmlu", "wmdp_bio", "wmdp_cyber", "wmdp_chem", "toy_mc", "muse_news", "muse_books", "toy_muse")
 
@@ -290,12 +338,13 @@ def bench_splits(bench, pct="10", shots=0):
 
 
 def evaluate(lm, tok, benches, data_dir=None, limit=None, reference=None, shots=0, batch_size=16, device="cpu",
-             pct="10", per_subject=None, seed=0, mask_rule="ou"):
+             pct="10", per_subject=None, seed=0, mask_rule="ou", forget_pair=None):
     """Run every bench; returns (summary dict, per-item list). `reference`: the retain model's summary (or its
     logs, load_retain_logs) for forget quality and PrivLeak (apply_reference; None: forget quality is
     reported as missing, PrivLeak taken against AUC 0.5). pct: which forget
     people toy_mc and toy_muse ask about (01, 05, 10); seed: the toy benchmark's seed. mask_rule: the
-    attention mask of TOFU and MUSE metrics (MASK_RULES), recorded as summary["eval_mask"]."""
+    attention mask of TOFU and MUSE metrics (MASK_RULES), recorded as summary["eval_mask"]. forget_pair: TOFU's
+    forget set is that pair of forget10's authors (train.py --forget-pair)."""
     check_mask_rule(mask_rule)
     summary, items = {}, []
     for bench in benches:
@@ -304,7 +353,8 @@ def evaluate(lm, tok, benches, data_dir=None, limit=None, reference=None, shots=
         t0 = time.time()
         if bench.startswith(("tofu_", "toy_forget")):
             b, split = bench.split("_", 1)
-            s, it = tofu_like(lm, tok, b, split, data_dir, limit, batch_size, device, seed=seed, mask_rule=mask_rule)
+            s, it = tofu_like(lm, tok, b, split, data_dir, limit, batch_size, device, seed=seed, mask_rule=mask_rule,
+                              forget_pair=forget_pair)
             s["eval_mask"] = mask_rule
         elif bench in ("mmlu", "wmdp_bio", "wmdp_cyber", "wmdp_chem"):
             rows = load_split("mmlu_test" if bench == "mmlu" else bench, data_dir)
@@ -381,11 +431,14 @@ def main(argv=None):
                    help="float32, or bf16 autocast (default: the adapter's; auto: bf16 on CUDA and on CPUs with "
                         "native bf16)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: the cores not busy with other work)")
-    p.add_argument("--gate", default=None, choices=["entropy", "router"], help="adapter routing at inference")
+    p.add_argument("--gate", default=None, choices=["entropy", "router", "oracle"],
+                   help="adapter routing at inference (oracle: each forget question's own sub-domain expert, an ablation)")
     p.add_argument("--q", type=float, default=None, help="Tsallis q of the entropy gate")
     p.add_argument("--theta", type=float, default=None, help="entropy threshold of the gate")
     p.add_argument("--system-prompt", default=None, help="override the chat system prompt")
     p.add_argument("--seed", type=int, default=None, help="seed of the toy benchmark's data (as given to train.py)")
+    p.add_argument("--forget-pair", type=int, default=None, choices=range(10), metavar="K",
+                   help="TOFU forget01: the K-th pair of forget10's authors instead (0-9; 9 is forget01's)")
     p.add_argument("--mask", default=None, choices=MASK_RULES,
                    help="TOFU/MUSE attention mask: ou (open-unlearning: EOS tokens = pad are masked) or padding")
     args = p.parse_args(argv)
@@ -431,7 +484,7 @@ def main(argv=None):
         lm = model
         if args.adapter:
             load_adapter(model, path)
-            lm = GatedLM(model, s["q"], s["theta"], s["gate"])
+            lm = GatedLM(model, s["q"], s["theta"], s["gate"], {tuple(p): d for p, d in run.get("experts", [])})
             print(f"evaluating {args.bench} (limit {args.limit}) of {args.model} with the adapter {path}")
         tok.system = s["system_prompt"]
         print(tok.describe())
@@ -440,7 +493,12 @@ def main(argv=None):
                 linear_weights_in(lm, s["dtype"]):
             summary, items = evaluate(lm, tok, benches, s["data_dir"], args.limit, reference, args.shots,
                                       s["eval_batch_size"], args.device, s["pct"], args.per_subject, seed=s["seed"],
-                                      mask_rule=s["eval_mask"])
+                                      mask_rule=s["eval_mask"], forget_pair=s["forget_pair"])
+            if args.adapter and model.routing.routers:  # how the gate routed, on the evaluated sets
+                summary["routing"] = routing_diagnostics(lm, tok, benches, s["data_dir"], args.limit,
+                                                         s["eval_batch_size"], args.device, s["seed"], s["eval_mask"],
+                                                         forget_pair=s["forget_pair"])
+                print_routing(summary["routing"], lm)
     except (ValueError, FileNotFoundError) as e:
         fail(e)
     out = args.out or (os.path.join(run_dir, "eval") if args.adapter else os.path.join("out", "eval"))
@@ -454,7 +512,8 @@ def main(argv=None):
 # what train.py writes into an adapter's header (its "run"), with the flag that overrides each and its default
 SETTINGS = {"gate": ("gate", "entropy"), "q": ("q", 1.5), "theta": ("theta", 1.2), "seed": ("seed", 0),
             "system_prompt": ("system_prompt", None), "eval_mask": ("mask", "ou"), "data_dir": ("data_dir", None),
-            "retain_logs": ("retain_logs", None), "dtype": ("dtype", "auto"), "eval_batch_size": ("batch_size", 32)}
+            "retain_logs": ("retain_logs", None), "dtype": ("dtype", "auto"), "eval_batch_size": ("batch_size", 32),
+            "forget_pair": ("forget_pair", None)}
 
 
 def run_settings(args, run, benches):
@@ -485,7 +544,8 @@ def retain_reference(benches, s, run_dir, limit):
     n = len(load_split(f"{tofu[0]}_perturbed", s["data_dir"], s["seed"])) if tofu else None
     path = os.path.join(run_dir or "", "metrics.json")
     if run_dir and os.path.exists(path) and "retain" in json.load(open(path)) and s["retain_logs"] is None:
-        changed = [k for k in ("seed", "data_dir", "system_prompt", "dtype", "eval_batch_size") if k in s["overridden"]]
+        changed = [k for k in ("seed", "data_dir", "system_prompt", "dtype", "eval_batch_size", "forget_pair")
+                   if k in s["overridden"]]
         if changed:  # the retain row was measured on other data or settings
             print(f"note: no retain reference, forget quality is left out (the run's retain row used other {changed})")
             return None

@@ -12,8 +12,8 @@ Every unlearning method in one table, METHODS. An entry says all that makes the 
     check(args)                           -> what is wrong with the request, before any work (or None)
     flags                                 -> the method's own command-line flags (Flag below)
 
-`run` may hold "expert" (the sub-domain 1..N of each forget example; default 1), "theta" (the entropy
-threshold used) and "gate" (how evaluation routes the adapters; absent: the model is evaluated as it is).
+`run` may hold "expert" (the sub-domain 1..N of each forget example; default 1), "experts" (the same by
+question, methods.experts_by_prompt), "theta" (the entropy threshold used) and "gate" (how evaluation routes the adapters; absent: the model is evaluated as it is).
 train.py, bench.py, experiments/collect.py and the tests read METHODS; a new method is one entry here
 (README, "Adding a method").
 """
@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from alter import (AlterConfig, Route, a_loss, adapter_params, alter_loss, attach, backward, cluster, forget_ihl,
                    masks, nll, routing_ce, seq_logp, trainable_summary)
 from checkpoint import resolve_checkpoint
+from data.forget_sets import TEXT_FORGETS
 from data.batching import batches
 from entropy import pad_profile, profile, threshold
 from model import TINY
@@ -148,6 +149,12 @@ def sub_domains(model, data, args, device, log):
     return expert
 
 
+def experts_by_prompt(data, expert):
+    """{prompt ids: sub-domain expert} of the forget questions (none for text windows, which have no prompt):
+    what the oracle gate and the routing diagnostics use to tell a forget question's rows (alter.GatedLM)."""
+    return {tuple(ids[:n]): d for (ids, n), d in zip(data.forget, expert) if n > 0}
+
+
 def alter_prepare(model, data, args, device, log):
     """The frozen model's token entropy on every example (and its top-k, for the structural KL), the threshold,
     the sub-domains, then the adapters."""
@@ -160,7 +167,13 @@ def alter_prepare(model, data, args, device, log):
     expert = sub_domains(model, data, args, device, log)
     add_adapters(model, args, log, max(expert), router=True)
     return dict(prof=prof, theta=theta, expert=expert, gate=args.gate, n_forget=len(data.forget),
-                train_gate=args.train_gate, a_grad=args.a_grad)
+                train_gate=args.train_gate, a_grad=args.a_grad, experts=experts_by_prompt(data, expert))
+
+
+def alter_check(args):
+    if args.gate == "oracle" and args.forget in TEXT_FORGETS:
+        return f"--gate oracle needs forget questions (their sub-domains); {args.forget} forgets text"
+    return None
 
 
 def alter_batch(batch, run, fidx, ridx):
@@ -181,7 +194,7 @@ def alter_backward(model, loss, parts, phase, hp):
 def asymlora_prepare(model, data, args, device, log):
     expert = sub_domains(model, data, args, device, log)
     add_adapters(model, args, log, max(expert), router=True)
-    return dict(expert=expert, gate="router")
+    return dict(expert=expert, gate="router", experts=experts_by_prompt(data, expert))
 
 
 def asymlora_loss(model, batch, phase, hp):
@@ -293,7 +306,7 @@ def rmu_batch(batch, run, fidx, ridx):
 METHODS = {
     "alter": Method(
         "ALTER: entropy-gated asymmetric LoRA, Phase I then Phase II", alter_loss, alter_prepare, alter_groups,
-        add_to_batch=alter_batch, backward=alter_backward,
+        add_to_batch=alter_batch, backward=alter_backward, check=alter_check,
         phases=lambda args: [(1, 0 if args.no_phase1 else args.phase1_epochs), (2, args.epochs)],
         flags=(Flag("--q", default=1.5, positive=True, help="Tsallis entropy index q (1 = Shannon)"),
                Flag("--theta", default=1.2, help="entropy threshold: token is high-entropy if S_q > theta"),
@@ -303,7 +316,8 @@ METHODS = {
                Flag("--top-k-high", int, 3, "experts kept at high-entropy tokens at inference", at_least=1),
                Flag("--train-gate", str, "teacher", "gates while training: labels or the router's",
                     choices=("teacher", "soft")),
-               Flag("--gate", str, "entropy", "routing at inference", choices=("entropy", "router")),
+               Flag("--gate", str, "entropy", "routing at inference (oracle: each forget question's own sub-domain "
+                    "expert at its low-entropy tokens, B_r elsewhere; an ablation)", choices=("entropy", "router", "oracle")),
                Flag("--lam", default=0.01, at_least=0, help="weight of the structural-invariance KL term"),
                Flag("--lr-a", help="Phase II learning rate of the shared A", positive=True),
                Flag("--phase1-epochs", int, 1, "ALTER Phase I epochs", at_least=0),

@@ -117,6 +117,9 @@ def plan(args, flags):
         fail(f"--authors is for TOFU with target and retain models fine-tuned from --model (give --model, and no "
              f"--target, --retain-model or --retain-logs), and must exceed the {FORGET_AUTHORS[pct]} forget "
              f"authors of {args.forget}")
+    if args.forget_pair is not None and not (args.forget == "tofu_forget01" and args.authors):
+        fail("--forget-pair is for --forget tofu_forget01 with --authors (the target and retain models see the pair "
+             "and the first retain authors, none of forget10's other authors)")
     args.eval_limit = args.eval_limit or args.limit
     if args.model == "tiny" and bench != "toy" and needs_model(args, bench):
         fail(f"--model tiny is the from-scratch model of the toy benchmark; for {bench}, leave --model out for "

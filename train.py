@@ -28,7 +28,7 @@ from alter import GatedLM, save_adapter
 from checkpoint import resolve_checkpoint
 from data.batching import batch_indices, collate
 from data.forget_sets import RETAIN_OF, unlearning_examples
-from evaluate import evaluate, print_table
+from evaluate import evaluate, print_routing, print_table, routing_diagnostics
 from finetune import cache_path, cached_finetune, model_id, settings_key
 from methods import METHODS, Flag, UnlearningData, method_flags
 from metrics import apply_reference, write_json, write_jsonl
@@ -57,6 +57,8 @@ FLAGS = (
          "data) and of every evaluation set; a question-answer forget set stays whole", at_least=1),
     Flag("--authors", int, help="TOFU on a budget: target and retain models see only N authors, the forget "
          "authors and the first retain authors (20 QA each; README, 'real-model experiment')", at_least=1),
+    Flag("--forget-pair", int, help="TOFU forget01 with --authors: forget the K-th pair of forget10's 20 authors "
+         "instead (0-9; 9 is forget01's own pair)", choices=tuple(range(10))),
     Flag("--eval-limit", int, help="evaluate only the first N items of every set (default: --limit)", at_least=1),
     Flag("--out", str, help="run folder (default: out/<forget>_<method>)"),
     Flag("--cache", str, "out/cache", "folder for cached target/retain models and entropy profiles"),
@@ -130,7 +132,7 @@ def main(args):
     t_train = unlearn(target, method, data, run, task, args, env)  # 5. Phase I and II, or a baseline
     if t_train is None or RANK != 0:  # --stop-after, or a rank that is not 0
         return WORLD > 1 and torch.distributed.destroy_process_group()
-    evaluate_unlearned(target, run, rows, reference, t_train, task, tok, args, env)  # 6. evaluation
+    evaluate_unlearned(target, run, data, rows, reference, t_train, task, tok, args, env)  # 6. evaluation
 
 # -----------------------------------------------------------------------------
 # 1. the plan: every check before any work
@@ -198,7 +200,8 @@ def run_eval(lm, tok, task, args, env, reference=None):
     with linear_weights_in(lm, env.dtype):
         return evaluate(lm, tok, task.benches, data_dir=args.data_dir, limit=args.eval_limit, reference=reference,
                         batch_size=args.eval_batch_size, device=env.device, pct=task.pct,
-                        per_subject=args.per_subject, seed=args.seed, mask_rule=args.eval_mask)
+                        per_subject=args.per_subject, seed=args.seed, mask_rule=args.eval_mask,
+                        forget_pair=args.forget_pair)
 
 
 def evaluate_references(target, retain, task, tok, args, env):
@@ -222,7 +225,8 @@ def cached_eval(model, tok, task, args, env):
     result. Its forget quality and PrivLeak are then set against the reference by the caller."""
     key = settings_key(model_id(model.source), model_id(args.target or args.model),  # the model, its tokenizer
                        task.benches, args.eval_limit, args.data_dir and os.path.abspath(args.data_dir), args.seed,
-                       args.per_subject, args.system_prompt, env.dtype, args.eval_mask, args.eval_batch_size)
+                       args.per_subject, args.system_prompt, env.dtype, args.eval_mask, args.eval_batch_size,
+                       *([] if args.forget_pair is None else [args.forget_pair]))  # older keys stay valid
     path = os.path.join(args.cache, f"eval-{key}.json")
     if os.path.exists(path):
         return json.load(open(path))
@@ -330,7 +334,8 @@ def save_checkpoint(model, opt, epoch, t_train, out):
 def save_product(model, run, task, args, env):
     """The adapter or, for full-parameter methods, the whole model. The adapter's header carries what
     evaluate.py needs to run it as this run did: the gate, q, the theta actually used (often the quantile
-    fallback), the prompt and evaluation settings, and the base model it was trained on."""
+    fallback), the prompt and evaluation settings, the base model it was trained on, and the sub-domain of
+    each forget question (for --gate oracle and the routing diagnostics)."""
     if not hasattr(model, "alter_config"):
         return model.save_pretrained(os.path.join(task.out, "model"))
     path = lambda p: p and os.path.abspath(p)
@@ -338,7 +343,7 @@ def save_product(model, run, task, args, env):
                   system_prompt=args.system_prompt, eval_mask=args.eval_mask, base_model=path(model.source),
                   benches=task.benches, pct=task.pct, eval_limit=args.eval_limit, per_subject=args.per_subject,
                   data_dir=path(args.data_dir), retain_logs=path(args.retain_logs), dtype=env.dtype,
-                  eval_batch_size=args.eval_batch_size)
+                  eval_batch_size=args.eval_batch_size, forget_pair=args.forget_pair, experts=[[list(k), d] for k, d in run.get("experts", {}).items()])
     save_adapter(model, os.path.join(task.out, "adapter.safetensors"), {"run": json.dumps(header)})
 
 # -----------------------------------------------------------------------------
@@ -373,12 +378,15 @@ def sync_grads(params, active=True):
 # 5. evaluation of the unlearned model, beside the target and retain rows computed before training
 
 
-def evaluate_unlearned(model, run, rows, reference, t_train, task, tok, args, env):
+def evaluate_unlearned(model, run, data, rows, reference, t_train, task, tok, args, env):
     """Evaluate as the method runs at inference (ALTER: the entropy gate), write metrics.json and items.jsonl,
     print the table."""
-    lm = GatedLM(model, args.q, run.get("theta", args.theta), run["gate"]) if "gate" in run else model
+    lm = GatedLM(model, args.q, run.get("theta", args.theta), run["gate"], run.get("experts")) if "gate" in run \
+        else model
     with env.ctx:
         rows[args.method], items = run_eval(lm, tok, task, args, env, reference)
+        if getattr(model, "routing", None) and model.routing.routers:  # how the gate routed (ALTER, AsymLoRA)
+            rows[args.method]["routing"] = diagnose(lm, run, data, task, tok, args, env)
     rows[args.method].update(train_seconds=round(t_train, 1),
                              trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
                              model_seconds=round(env.t_models, 1), total_seconds=round(time.time() - env.t_start, 1))
@@ -388,9 +396,22 @@ def evaluate_unlearned(model, run, rows, reference, t_train, task, tok, args, en
     keys = [k.format(forget=args.forget) for k in SHOWN[task.kind]] + ["train_seconds", "trainable_params"]
     print()
     print_table({k: rows[k] for k in ("target", "retain", args.method) if k in rows}, keys)
+    if "routing" in rows[args.method]:
+        print_routing(rows[args.method]["routing"], lm)
     print(f"\n{task.out}/metrics.json written; total {time.time() - env.t_start:.0f} s "
           f"(models {env.t_models:.0f} s, unlearning {t_train:.0f} s)")
 
+
+
+def diagnose(lm, run, data, task, tok, args, env, n_windows=64):
+    """Routing diagnostics (evaluate.routing_diagnostics) on the evaluated question-answer sets, and for text
+    forgetting on the first n_windows forget (with their sub-domains) and retain training windows."""
+    extra = {} if not task.text else {
+        "forget_train": (data.forget[:n_windows], run["expert"][:n_windows]),
+        "retain_train": (data.retain[:n_windows], None)}
+    with linear_weights_in(lm, env.dtype):
+        return routing_diagnostics(lm, tok, task.benches, args.data_dir, args.eval_limit, args.eval_batch_size,
+                                   env.device, args.seed, args.eval_mask, extra, args.forget_pair)
 
 if __name__ == "__main__":
     try:

@@ -59,8 +59,16 @@ def retain_rows(bench, pct, args):
 
 def forget_rows(bench, pct, args):
     """The forget set's question-answer records, always whole: --limit never cuts away what is to be forgotten
-    (the forget people are the last rows of `full`, so `full[:N]` would hold none of them)."""
+    (the forget people are the last rows of `full`, so `full[:N]` would hold none of them). --forget-pair K:
+    the K-th pair of forget10's 20 authors instead of forget01's (which is pair 9, forget10's last 40 rows)."""
+    if getattr(args, "forget_pair", None) is not None:
+        return pair_rows(load_split(f"{bench}_forget10", args.data_dir, args.seed), args.forget_pair)
     return load_split(f"{bench}_forget{pct}", args.data_dir, args.seed)
+
+
+def pair_rows(rows, k):
+    """The 40 records of the k-th pair of authors (20 questions each, in order) of a forget10 split."""
+    return rows[40 * k:40 * (k + 1)]
 
 
 def training_examples(bench, which, tok, args):

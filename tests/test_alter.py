@@ -9,8 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from alter import (AlterConfig, GatedLM, Route, a_loss, attach, adapter_params, backward, cluster, ihl, load_adapter,
-                   routing_ce, save_adapter, seq_logp, struct_kl, trainable_summary)
+from alter import (AlterConfig, GatedLM, Route, a_loss, attach, adapter_params, backward, cluster, gate_report, ihl,
+                   load_adapter, routing_ce, save_adapter, seq_logp, struct_kl, trainable_summary)
+from entropy import head_entropy
 from methods import hparams, method_loss, npo
 from rmu import layer_output, rmu
 from model import GPT, GPTConfig
@@ -189,6 +190,101 @@ def test_inference_routing_top3_and_top1():
     GatedLM(model, q=1.5, theta=-1.0)(b["x"])
     handle.remove()
     assert len(seen) == 1 and ((seen[0] > 0).sum(-1) == 3).all()
+
+
+def forced_router(model, expert, E):
+    """Every block's router made to pick `expert` whatever its input."""
+    for r in model.routing.routers:
+        torch.nn.init.zeros_(r.proj.weight)
+        r.proj.bias.data = torch.full((E,), -20.0)
+        r.proj.bias.data[expert] = 20.0
+
+
+def qa_examples(lengths=((4, 9), (3, 7), (5, 10)), seed=0):
+    """(ids, n_prompt) examples with random ids (no id 0, the pad id here)."""
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randint(1, V, (n,), generator=g).tolist(), p) for p, n in lengths]
+
+
+@pytest.mark.parametrize("gate", ["entropy", "router"])
+def test_gate_report_on_a_router_forced_to_one_expert(gate):
+    """A router that always picks expert 2: every answer token's top-1 is expert 2 in every block; a row labelled
+    2 is routed right, a row labelled 1 wrong, and the high-entropy share is the base model's, token by token."""
+    model = tiny("gpt2")
+    attach(model, AlterConfig(n_experts=3))
+    for _, p in adapter_params(model):
+        torch.nn.init.normal_(p, std=0.5)
+    forced_router(model, 2, 4)
+    ex = qa_examples()
+    n_ans = [len(ids) - p for ids, p in ex]  # answer tokens: positions n_prompt - 1 .. len - 2
+    # the base model's entropy at the answer positions, and a theta between its values
+    with model.routing(Route("off")):
+        with torch.no_grad():
+            H = [head_entropy(model.lm_head, model(torch.tensor([ids[:-1]]), hidden_only=True), 1.5)[0, p - 1:]
+                 for ids, p in ex]
+    theta = torch.cat(H).quantile(0.3).item()
+    r = gate_report(GatedLM(model, theta=theta, gate=gate), ex, pad_id=0, labels=[2, 1, None], batch_size=2)
+    assert r["tokens"] == sum(n_ans)
+    assert r["high"] == pytest.approx((torch.cat(H) > theta).float().mean().item(), abs=1e-4) and 0 < r["high"] < 1
+    assert r["usage"] == [0.0, 0.0, 1.0, 0.0] and r["low_to_forget"] == 1.0 and r["high_to_forget"] == 1.0
+    assert r["low_to_forget_by_block"] == [1.0, 1.0]
+    assert r["sub_domain_acc"] == pytest.approx(n_ans[0] / (n_ans[0] + n_ans[1]), abs=1e-4)
+    low = [(h <= theta).sum().item() for h in H]
+    assert r["sub_domain_acc_low"] == pytest.approx(low[0] / (low[0] + low[1]), abs=1e-4)
+    forced_router(model, 0, 4)  # the retain expert: no token goes to a forget expert, no row to its sub-domain
+    r = gate_report(GatedLM(model, theta=theta, gate=gate), ex, pad_id=0, labels=[2, 1, None])
+    assert r["usage"][0] == 1.0 and r["low_to_forget"] == 0.0 and r["sub_domain_acc"] == 0.0
+
+
+def test_oracle_gate_routes_each_forget_question_to_its_expert():
+    """--gate oracle: a row holding a forget question takes its sub-domain expert at the low-entropy positions
+    from the prompt's last token on, B_r everywhere else; other rows B_r. When scoring (prompt + answer) and when
+    generating (left-padded prompt, then one position per new token)."""
+    model = tiny("gpt2")
+    attach(model, AlterConfig(n_experts=3))
+    for _, p in adapter_params(model):
+        torch.nn.init.normal_(p, std=0.5)
+    (ids0, p0), (ids1, p1), _ = qa_examples()
+    with pytest.raises(ValueError, match="sub-domains of the forget questions"):
+        GatedLM(model, gate="oracle")
+    x = torch.tensor([ids0[:-1], ids1[:-1] + [0] * (len(ids0) - len(ids1))])
+    with model.routing(Route("off")), torch.no_grad():
+        theta = head_entropy(model.lm_head, model(x, hidden_only=True), 1.5).median().item()
+    lm = GatedLM(model, theta=theta, gate="oracle", experts={tuple(ids0[:p0]): 3})
+    with torch.no_grad():
+        lm(x)
+    high, labels = lm.route.high, lm.route.labels
+    assert 0 < high.float().mean() < 1
+    want = torch.zeros_like(x)
+    want[0, p0 - 1:] = torch.where(high[0, p0 - 1:], 0, 3)
+    assert torch.equal(labels, want)
+    for g in lm.route.gates.values():
+        assert torch.equal(g, F.one_hot(want, 4).float())
+    # generation: prompts left-padded to the same length; the prefill's last position and every new one answer
+    seen = []
+    forward = lm.forward
+
+    def recorded(*a, **k):  # each pass's route
+        out = forward(*a, **k)
+        seen.append(lm.route)
+        return out
+    lm.forward = recorded
+    ids2, p2 = qa_examples()[2]  # the longest prompt: the forget row is left-padded
+    prompts = torch.tensor([[0] * (p2 - p0) + ids0[:p0], ids2[:p2]])
+    am = (prompts != 0).long()
+    with torch.no_grad():
+        new = lm.generate(prompts, attention_mask=am, max_new_tokens=6, eos_token_id=[])
+    assert new.shape == (2, 6) and len(seen) == 6
+    prefill = seen[0]
+    assert (prefill.labels[:, :-1] == 0).all() and (prefill.labels[1] == 0).all()
+    assert prefill.labels[0, -1] == (0 if prefill.high[0, -1] else 3)
+    steps = torch.cat([r.labels for r in seen[1:]], 1)  # (2, 5)
+    steps_high = torch.cat([r.high for r in seen[1:]], 1)
+    assert torch.equal(steps[0], torch.where(steps_high[0], 0, 3)) and (steps[1] == 0).all()
+    lm.theta, seen[:] = 10.0, []  # every token low-entropy: the forget row is on expert 3 at every answer position
+    with torch.no_grad():
+        lm.generate(prompts, attention_mask=am, max_new_tokens=3, eos_token_id=[])
+    assert [r.labels[:, -1].tolist() for r in seen] == [[3, 0]] * 3
 
 
 def test_route_holds_for_its_scope_only():

@@ -195,3 +195,18 @@ def test_bad_input(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"cyber-forget-corpus\.jsonl is missing.*cais/wmdp-corpora"):
         load_split("wmdp_cyber_forget", data_dir=str(tmp_path))
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["forget01.json", "tofu"]  # nothing else written
+
+
+def test_forget_pairs_are_forget10_authors_and_pair_9_is_forget01(shared_data):
+    """--forget-pair K: the K-th pair of forget10's authors, for training and evaluation alike; TOFU's forget01
+    is forget10's last pair, so K = 9 reproduces it exactly."""
+    import argparse
+    from data.forget_sets import forget_rows
+    from evaluate import forget_eval_rows
+    d = str(shared_data)
+    args = lambda k: argparse.Namespace(data_dir=d, seed=0, forget_pair=k)
+    assert forget_rows("tofu", "01", args(9)) == forget_rows("tofu", "01", args(None)) == load_split("tofu_forget01", d)
+    assert forget_eval_rows("tofu", "01", d, forget_pair=9) == load_split("tofu_forget01_perturbed", d)
+    f3, e3 = forget_rows("tofu", "01", args(3)), forget_eval_rows("tofu", "01", d, forget_pair=3)
+    assert f3 == load_split("tofu_forget10", d)[120:160] and [r["question"] for r in e3] == [r["question"] for r in f3]
+    assert not {r["question"] for r in f3} & {r["question"] for r in load_split("tofu_forget01", d)}

@@ -172,6 +172,28 @@ def test_evaluate_reproduces_the_run(toy_run):
     assert len(keys) > 20 and "forget_quality" in keys and "privleak" in keys
     for k in keys:
         assert abs(got[k] - want[k]) <= 1e-6, (k, got[k], want[k])
+    assert got["routing"] == want["routing"]  # the routing diagnostics too
+
+
+def test_routing_diagnostics_and_the_oracle_gate(toy_run, tmp_path):
+    """metrics.json of an ALTER run says how its gate routed every evaluated set; evaluate.py --gate oracle runs
+    the same adapter with each forget question's low-entropy tokens on its own sub-domain's expert (the
+    adapter's header holds the sub-domains) and every other row on B_r."""
+    m = json.load(open(os.path.join(toy_run, "metrics.json")))["unlearned"]["routing"]
+    assert set(m) == {"forget", "forget_paraphrased", "forget_perturbed", "retain", "real_authors", "world_facts"}
+    for name, r in m.items():
+        assert r["tokens"] > 0 and 0 <= r["high"] <= 1 and abs(sum(r["usage"]) - 1) < 1e-3, (name, r)
+        assert ("sub_domain_acc" in r) == name.startswith("forget"), (name, r)
+    r = subprocess.run([sys.executable, "evaluate.py", "--adapter", toy_run, "--gate", "oracle", "--out",
+                        str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert "--gate 'oracle' overrides the adapter's gate 'entropy'" in r.stdout and "routing: gate oracle" in r.stdout
+    o = json.load(open(tmp_path / "metrics.json"))["routing"]
+    for name in ("forget", "forget_paraphrased", "forget_perturbed"):
+        assert o[name]["low_to_forget"] == 1.0 and o[name]["sub_domain_acc_low"] == 1.0, o[name]
+        assert o[name]["high_to_forget"] in (0.0, None), o[name]
+    for name in ("retain", "real_authors", "world_facts"):
+        assert o[name]["usage"][0] == 1.0, o[name]
 
 
 def test_bad_numbers_are_refused_before_any_work(capsys):
