@@ -49,13 +49,17 @@ class Route:
     "teacher" / "soft" (training), "entropy" / "router" (inference). labels (B, T) expert ids ("teacher"),
     high (B, T) high-entropy mask ("soft", "entropy"). Isolation while training: rows (B,) the expert of each
     row's data source, whose B alone is live on that row; a_live (B, T) the positions where A x keeps its
-    gradient (the "position" approximation; None: everywhere). The pass fills, per block index, the router's
+    gradient (the "position" approximation; None: everywhere). mask and prefix feed the routers' running means
+    (Router): which tokens count (padding does not), and what the tokens before this pass summed to (decoding
+    with a KV cache; GatedLM carries it from step to step). The pass fills, per block index, the router's
     logits (for the routing loss) and the gates that block's adapters share."""
     mode: str = "router"
     labels: torch.Tensor = None
     high: torch.Tensor = None
     rows: torch.Tensor = None
     a_live: torch.Tensor = None
+    mask: torch.Tensor = None     # (B, T) the pass's tokens that count in the routers' running means (None: all)
+    prefix: dict = None           # block index -> (sum (B, C), count (B, 1)) of the tokens before this pass
     logits: dict = field(default_factory=dict)  # block index -> (B, T, E)
     gates: dict = field(default_factory=dict)   # block index -> (B, T, E)
 
@@ -92,6 +96,7 @@ class AlterConfig:
     tau_high: float = 0.8         # router temperature at high-entropy tokens (paper)
     tau_low: float = 0.01         # ... at low-entropy tokens (paper)
     top_k_high: int = 3           # experts kept at high-entropy tokens at inference (paper: top-3)
+    router_input: str = "prefix"  # "prefix": the token and the running mean of its row so far; "token": the token
     sites: tuple = ("c_attn", "c_proj", "c_fc", "q_proj", "k_proj", "v_proj", "o_proj",
                     "gate_proj", "up_proj", "down_proj")  # adapted Linears (every one inside the blocks)
 
@@ -101,18 +106,35 @@ class AlterConfig:
 
 
 class Router(nn.Module):
-    """One per block: gates (B, T, E) from the block's normalised input, shared by the block's adapters."""
+    """One per block: gates (B, T, E) from the block's normalised input h, shared by the block's adapters. With
+    router_input "prefix" (the default) it reads [h_t, mean of h_1..h_t over the row's tokens]: the token, and
+    what its row is about so far. A token alone rarely tells whose answer it is part of (README, "where ALTER's
+    forgetting comes from"); the running mean carries the question's subject to every answer token."""
 
     def __init__(self, d_model, cfg, block):
         super().__init__()
-        self.proj = nn.Linear(d_model, cfg.n_total)
+        self.proj = nn.Linear(d_model * (2 if cfg.router_input == "prefix" else 1), cfg.n_total)
         nn.init.normal_(self.proj.weight, std=0.02)
         nn.init.zeros_(self.proj.bias)
         self.cfg, self.block = cfg, block
 
+    def running_mean(self, h, route):
+        """mean of h over the row's tokens up to each position (B, T, C), in fp32: the tokens of route.mask
+        (padding left out) after those of earlier passes (route.prefix, updated for the next one)."""
+        w = torch.ones(h.shape[:2], device=h.device) if route.mask is None else route.mask.float()
+        total, count = (h.float() * w[..., None]).cumsum(1), w.cumsum(1)[..., None]
+        if route.prefix is not None:
+            if self.block in route.prefix:
+                s0, n0 = route.prefix[self.block]
+                total, count = total + s0[:, None], count + n0[:, None]
+            route.prefix[self.block] = (total[:, -1], count[:, -1])
+        return (total / count.clamp(min=1)).to(h.dtype)
+
     def forward(self, h, route):
         """Gates for this block under `route`; its logits are left in route.logits[block] for the loss."""
         cfg = self.cfg
+        if cfg.router_input == "prefix":
+            h = torch.cat((h, self.running_mean(h, route)), dim=-1)
         logits = route.logits[self.block] = self.proj(h).float()  # (B, T, E)
         E = logits.size(-1)
         if route.mode == "teacher":
@@ -237,7 +259,7 @@ def load_adapter(model, path):
     if "alter_config" not in meta:
         raise ValueError(f"{path}: not an adapter file of this project (no alter_config in its header)")
     cfg = json.loads(meta["alter_config"])
-    cfg = AlterConfig(**{**cfg, "sites": tuple(cfg["sites"])})
+    cfg = AlterConfig(**{"router_input": "token", **cfg, "sites": tuple(cfg["sites"])})  # files from before "prefix"
     attach(model, cfg)
     ours = dict(adapter_params(model))
     bad = sorted(set(ours) ^ set(saved)) + [f"{k}: file {tuple(saved[k].shape)} vs model {tuple(ours[k].shape)}"
@@ -272,7 +294,7 @@ class GatedLM(nn.Module):
         self.config, self.route = model.config, None
 
     def new_cache(self):
-        return {"base": self.model.new_cache(), "adapted": self.model.new_cache(), "rows": None}
+        return {"base": self.model.new_cache(), "adapted": self.model.new_cache(), "rows": None, "prefix": {}}
 
     def high_entropy(self, idx, attention_mask=None, cache=None, position_ids=None):
         """The base pass (adapters off): (B, T) True where S_q of the next-token distribution exceeds theta."""
@@ -311,6 +333,10 @@ class GatedLM(nn.Module):
             high = self.high_entropy(idx, attention_mask, cache, position_ids)
             route = Route("entropy", high=high) if self.gate == "entropy" else \
                 Route("teacher", labels=self.oracle_labels(idx, high, cache), high=high)
+        # the routers' running means: this pass's tokens (a cache's mask covers earlier ones too), and the sums
+        # of the earlier passes
+        route.mask = None if attention_mask is None else attention_mask[:, -idx.size(1):].bool()
+        route.prefix = cache and cache["prefix"]
         with self.model.routing(route):
             out = self.model(idx, attention_mask=attention_mask, targets=targets, cache=cache and cache["adapted"],
                              position_ids=position_ids, keep=keep)
@@ -472,9 +498,9 @@ def alter_loss(model, batch, phase, hp):
     lab = y != -100
     a_live = high if batch.get("a_grad", "exact") == "position" else None  # "exact": see `backward`
     if phase == 1:  # every gate on B_r
-        route = Route("teacher", labels=torch.zeros_like(labels), high=high, rows=expert, a_live=a_live)
+        route = Route("teacher", labels=torch.zeros_like(labels), high=high, rows=expert, a_live=a_live, mask=mask)
     else:
-        route = Route(batch.get("gate", "teacher"), labels=labels, high=high, rows=expert, a_live=a_live)
+        route = Route(batch.get("gate", "teacher"), labels=labels, high=high, rows=expert, a_live=a_live, mask=mask)
     with model.routing(route):
         logits, _ = model(x, attention_mask=mask)
     if phase == 1:

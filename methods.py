@@ -81,6 +81,9 @@ LORA = (Flag("--rank", int, 8, "LoRA rank r", at_least=1),
         Flag("--lr-b", help="learning rate of the B experts and routers (and of A, but in ALTER's Phase II)",
              positive=True))
 EXPERTS = (Flag("--n-experts", int, 4, "forget experts N (sub-domains), capped by the forget-set size", at_least=1),
+           Flag("--lr-router", default=1e-2, positive=True, help="learning rate of the routers"),
+           Flag("--router-input", str, "prefix", "what each block's router reads: prefix (the token and the running "
+                "mean of its row so far) or token (the token alone)", choices=("prefix", "token")),
            Flag("--beta", default=1.0, at_least=0, help="weight of the forget (IHL) term"),
            Flag("--mu", default=1.0, at_least=0, help="weight of the routing cross-entropy"))
 FULL = (Flag("--lr", help="learning rate of full-parameter methods", positive=True),)
@@ -122,10 +125,12 @@ def full_groups(model, phase, args):
 
 
 def adapter_groups(model, phase, args, lr_a=None):
-    """The shared A (at lr_a, default --lr-b) and the rest: B experts, routers (at --lr-b)."""
-    a = [p for n, p in adapter_params(model) if "lora_A" in n]
-    rest = [p for n, p in adapter_params(model) if "lora_A" not in n]
-    return [{"params": a, "lr": lr_a or args.lr_b}, {"params": rest, "lr": args.lr_b}]
+    """The shared A (at lr_a, default --lr-b), the B experts (at --lr-b) and the routers (at --lr-router)."""
+    named = adapter_params(model)
+    groups = [{"params": [p for n, p in named if "lora_A" in n], "lr": lr_a or args.lr_b},
+              {"params": [p for n, p in named if "lora_B" in n], "lr": args.lr_b},
+              {"params": [p for n, p in named if ".router." in n], "lr": args.lr_router}]
+    return [g for g in groups if g["params"]]
 
 
 def alter_groups(model, phase, args):
@@ -136,7 +141,8 @@ def alter_groups(model, phase, args):
 
 def add_adapters(model, args, log, n_experts, router):
     attach(model, AlterConfig(rank=args.rank, alpha=args.alpha, n_experts=n_experts, router=router,
-                              tau_high=args.tau_high, tau_low=args.tau_low, top_k_high=args.top_k_high))
+                              tau_high=args.tau_high, tau_low=args.tau_low, top_k_high=args.top_k_high,
+                              router_input=args.router_input))
     log(trainable_summary(model))
 
 # -----------------------------------------------------------------------------
@@ -201,7 +207,7 @@ def asymlora_loss(model, batch, phase, hp):
     """ALTER without entropy: beta * sum_d IHL(every forget answer token of d) + gamma * NLL(retain)
     + mu * routing CE, teacher-forced gates."""
     forget, retain, labels = masks(batch)
-    with model.routing(Route("teacher", labels=labels)) as route:
+    with model.routing(Route("teacher", labels=labels, mask=batch["mask"])) as route:
         logits, _ = model(batch["x"], attention_mask=batch["mask"])
     parts = {"ihl": forget_ihl(logits, batch["y"], forget, batch["expert"]), "retain": nll(logits, batch["y"], retain),
              "route": routing_ce(route, labels, batch["mask"].bool())}

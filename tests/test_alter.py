@@ -361,23 +361,64 @@ def test_rmu_loss_equals_its_formula():
     assert torch.equal(layer_output(model, 1, x, torch.ones_like(x)), seen[0])
 
 
-def test_routing_ce_formula():
+def router_input_by_hand(z, mask):
+    """[z_t, mean of z_s over s <= t with mask 1], position by position."""
+    B, T, C = z.shape
+    mean = torch.zeros_like(z)
+    for b in range(B):
+        for t in range(T):
+            kept = z[b, :t + 1][mask[b, :t + 1].bool()]
+            mean[b, t] = kept.mean(0) if len(kept) else 0
+    return torch.cat((z, mean), -1)
+
+
+@pytest.mark.parametrize("router_input", ["prefix", "token"])
+def test_routing_ce_formula(router_input):
+    """The routing cross-entropy, and what the router reads: the token's normalised block input, with
+    router_input "prefix" also the running mean of the row's unpadded tokens up to it."""
     model = tiny("gpt2")
-    attach(model, AlterConfig(n_experts=2))
+    attach(model, AlterConfig(n_experts=2, router_input=router_input))
     b = batch()
+    b["mask"][1, 6:] = 0  # a right-padded row
     labels = b["expert"][:, None].expand_as(b["x"])
-    with model.routing(Route("teacher", labels=labels)) as route:
-        model(b["x"])
-    by_hand = torch.stack([-F.log_softmax(blk.router.proj(blk.ln_1(h)), -1).gather(-1, labels[..., None]).mean()
-                           for blk, h in zip(model.transformer.h, block_inputs(model, b["x"]))]).mean()
-    assert torch.allclose(routing_ce(route, labels, b["mask"].bool()), by_hand)
+    with model.routing(Route("teacher", labels=labels, mask=b["mask"])) as route:
+        model(b["x"], attention_mask=b["mask"])
+    where = b["mask"].bool()
+    inputs = lambda z: router_input_by_hand(z, b["mask"]) if router_input == "prefix" else z
+    by_hand = torch.stack([-F.log_softmax(blk.router.proj(inputs(blk.ln_1(h))), -1).gather(-1, labels[..., None])[
+        where].mean() for blk, h in zip(model.transformer.h, block_inputs(model, b["x"], b["mask"]))]).mean()
+    assert torch.allclose(routing_ce(route, labels, where), by_hand, atol=1e-6)
 
 
-def block_inputs(model, x):
+def test_gated_generation_with_a_cache_equals_recomputing_each_step():
+    """GatedLM.generate (KV cache, left-padded prompts): the routers' running means carry from step to step and
+    leave padding out, so each new token equals the argmax of a full, uncached pass over prompt + tokens so far."""
+    model = tiny("llama")
+    attach(model, AlterConfig(n_experts=3))
+    for _, p in adapter_params(model):
+        torch.nn.init.normal_(p, std=0.5)
+    prompts = torch.tensor([[0, 0, 5, 9, 14], [7, 3, 8, 2, 11]])
+    am = (prompts != 0).long()
+    for gate in ("entropy", "router"):
+        lm = GatedLM(model, theta=1.0, gate=gate)
+        with torch.no_grad():
+            new = lm.generate(prompts, attention_mask=am, max_new_tokens=5, eos_token_id=[])
+            x, m = prompts, am
+            for k in range(5):
+                pos = (m.cumsum(-1) - 1).clamp(min=0)
+                logits, _ = lm(x, attention_mask=m, position_ids=pos)
+                nxt = logits[:, -1].argmax(-1)
+                assert torch.equal(nxt, new[:, k]), (gate, k)
+                x, m = torch.cat((x, nxt[:, None]), 1), torch.cat((m, torch.ones_like(m[:, :1])), 1)
+            alone = lm.generate(prompts[:1, 2:], max_new_tokens=5, eos_token_id=[])  # the padded row, unpadded
+            assert torch.equal(alone[0], new[0]), gate
+
+
+def block_inputs(model, x, attention_mask=None):
     """The input of every block in a forward pass (adapters off: B = 0 here, so the same pass)."""
     seen = []
     hooks = [blk.register_forward_pre_hook(lambda m, args: seen.append(args[0])) for blk in model.transformer.h]
-    model(x)
+    model(x, attention_mask=attention_mask)
     for h in hooks:
         h.remove()
     return seen
