@@ -120,6 +120,8 @@ def plan(args, flags):
     if args.forget_pair is not None and not (args.forget == "tofu_forget01" and args.authors):
         fail("--forget-pair is for --forget tofu_forget01 with --authors (the target and retain models see the pair "
              "and the first retain authors, none of forget10's other authors)")
+    if args.forget_pair == 9:  # forget10's last pair is forget01 itself: the same run, the same caches
+        args.forget_pair = None
     args.eval_limit = args.eval_limit or args.limit
     if args.model == "tiny" and bench != "toy" and needs_model(args, bench):
         fail(f"--model tiny is the from-scratch model of the toy benchmark; for {bench}, leave --model out for "
