@@ -8,8 +8,9 @@ The paper's update of a frozen weight W0 (its Eq. for W; see README "paper <-> c
 
 Here every adapted nn.Linear computes y = W0 x + (alpha/r) * sum_e g_e * B_e (A x) over E = N+1 experts:
 expert 0 is the retain expert B_r, experts 1..N the forget experts B_fd, one per forget sub-domain d. The
-gates g come from one router per block (softmax of a Linear on the block's normalised input, temperature
-0.8 for high-entropy tokens and 0.01 for low-entropy ones). A fresh adapter is an exact no-op: all B = 0.
+gates g come from one router per block (softmax of a Linear on the block's normalised input and its running
+mean over the row so far, temperature 0.8 for high-entropy tokens and 0.01 for low-entropy ones). A fresh
+adapter is an exact no-op: all B = 0.
 
 Gradient isolation (paper: "Strict Gradient Isolation") is by data source, not by position: a loss at one
 position reaches every earlier position of its row through attention. So on each row, every expert but the
@@ -23,7 +24,9 @@ Training gates ("teacher", the default) are the one-hot labels: the router then 
 cross-entropy. "soft" uses the router's own tempered softmax, as the paper's gate is written (README: why
 teacher forcing is the default). At inference ("entropy"), the frozen model's token entropy picks the
 temperature and the routing: the top-3 experts (renormalised) at high-entropy tokens, the argmax expert at
-low-entropy ones; "router" skips the base pass and uses the router's dense softmax.
+low-entropy ones; "router" skips the base pass and uses the router's dense softmax; "oracle" (an ablation)
+puts each forget question's low-entropy answer tokens on its own sub-domain's expert and everything else on
+B_r. `gate_report` says how a gate routed a set of examples (the routing diagnostics of every evaluation).
 """
 import json
 import math

@@ -17,6 +17,8 @@ runs+=(
   "alter-soft-gates --train-gate soft"
   "alter-router-gate --gate router"
   "alter-a-position --a-grad position"
+  "alter-oracle-gate --gate oracle"
+  "alter-token-router --router-input token --lr-router 1e-3"
 )
 for spec in "${runs[@]}"; do
   set -- $spec
