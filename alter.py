@@ -122,9 +122,11 @@ class Router(nn.Module):
         self.cfg, self.block = cfg, block
 
     def running_mean(self, h, route):
-        """mean of h over the row's tokens up to each position (B, T, C), in fp32: the tokens of route.mask
-        (padding left out) after those of earlier passes (route.prefix, updated for the next one)."""
-        w = torch.ones(h.shape[:2], device=h.device) if route.mask is None else route.mask.float()
+        """mean of h over the row's tokens up to each position (B, T, C), in fp32, after those of earlier passes
+        (route.prefix, updated for the next one). Left padding (route.mask's zeros before a row's first token)
+        does not count; every later token does, also one the attention mask hides (open-unlearning's rule hides
+        end-of-turn tokens inside a prompt, which training batches, masked for padding alone, show the router)."""
+        w = torch.ones(h.shape[:2], device=h.device) if route.mask is None else (route.mask.cumsum(1) > 0).float()
         total, count = (h.float() * w[..., None]).cumsum(1), w.cumsum(1)[..., None]
         if route.prefix is not None:
             if self.block in route.prefix:

@@ -2,9 +2,9 @@
 # ALTER's routing on the real model, forget pair by forget pair: the reduced SmolLM2 protocol of
 # experiments/smollm2_tofu.sh (10 authors: the forget pair and the first 8 retain authors; first 40 items of every
 # eval set), on pairs of TOFU forget10's authors (--forget-pair K; 9 is forget01's own pair). For each pair: ALTER
-# as it is (prefix router), ALTER with the token-only router at the experts' learning rate (the router before the
-# fix), and that run re-evaluated with the oracle gate. Resumable: a finished run (metrics.json) is skipped, and
-# each one's metrics are copied to results/smollm2_pairs/ as soon as it ends.
+# as it is (prefix router), its adapter re-evaluated with the oracle and router gates, and ALTER with the token-only
+# router at the experts' learning rate (the router before the fix). Resumable: a finished run (metrics.json) is
+# skipped, and each one's metrics are copied to results/smollm2_pairs/ as soon as it ends.
 # Usage: [MODEL=dir] [DATA=dir] [PAIRS="9 0"] bash experiments/smollm2_pairs.sh   (about 40 minutes a pair, 2 cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,12 +24,16 @@ for k in ${PAIRS:-9 0}; do
       python train.py "${common[@]}" --forget-pair "$k" --out "$out/$name" --overwrite "$@"
     fi
     cp "$out/$name/metrics.json" "$res/$name.json"
+    if [ "$name" = alter ]; then  # the same adapter under the other gates
+      for gate in oracle router; do
+        if [ ! -f "$out/alter/$gate/metrics.json" ]; then
+          echo "== pair $k: alter, $gate gate"
+          python evaluate.py --adapter "$out/alter" --gate "$gate" --out "$out/alter/$gate"
+        fi
+        cp "$out/alter/$gate/metrics.json" "$res/alter-$gate-gate.json"
+      done
+    fi
   done
-  if [ ! -f "$out/alter-token-router/oracle/metrics.json" ]; then
-    echo "== pair $k: alter-token-router, oracle gate"
-    python evaluate.py --adapter "$out/alter-token-router" --gate oracle --out "$out/alter-token-router/oracle"
-  fi
-  cp "$out/alter-token-router/oracle/metrics.json" "$res/alter-token-router-oracle.json"
 done
 python experiments/routing_table.py results/smollm2_pairs > results/smollm2_pairs/table.md
 cat results/smollm2_pairs/table.md

@@ -362,13 +362,13 @@ def test_rmu_loss_equals_its_formula():
 
 
 def router_input_by_hand(z, mask):
-    """[z_t, mean of z_s over s <= t with mask 1], position by position."""
+    """[z_t, mean of z_s over the row's first unmasked position <= s <= t], position by position."""
     B, T, C = z.shape
     mean = torch.zeros_like(z)
     for b in range(B):
-        for t in range(T):
-            kept = z[b, :t + 1][mask[b, :t + 1].bool()]
-            mean[b, t] = kept.mean(0) if len(kept) else 0
+        first = mask[b].tolist().index(1)
+        for t in range(first, T):
+            mean[b, t] = z[b, first:t + 1].mean(0)
     return torch.cat((z, mean), -1)
 
 
@@ -380,6 +380,8 @@ def test_routing_ce_formula(router_input):
     attach(model, AlterConfig(n_experts=2, router_input=router_input))
     b = batch()
     b["mask"][1, 6:] = 0  # a right-padded row
+    b["mask"][2, :3] = 0  # a left-padded one
+    b["mask"][2, 5] = 0   # a token the attention mask hides inside a row (still counted by the router)
     labels = b["expert"][:, None].expand_as(b["x"])
     with model.routing(Route("teacher", labels=labels, mask=b["mask"])) as route:
         model(b["x"], attention_mask=b["mask"])
