@@ -295,6 +295,9 @@ def routing_diagnostics(lm, tok, benches, data_dir=None, limit=None, batch_size=
                                     ("world_facts", L("world_facts_perturbed"), "answer")):
                 ex = encode_qa(tok, rows, key)
                 sets[name] = (ex, [lm.expert_of(*e) for e in ex])
+            if lm.experts and all(d is None for d in sets["forget"][1]):
+                raise ValueError("no forget question matches the adapter's sub-domains (its forget questions' "
+                                 "prompt ids): another system prompt, forget set or --forget-pair than the run's?")
     return {name: gate_report(lm, ex, tok.pad_id, labels, batch_size, device, mask_rule == "ou")
             for name, (ex, labels) in tqdm(sets.items(), desc="routing", leave=False, disable=None)}
 
@@ -432,7 +435,8 @@ def main(argv=None):
                         "native bf16)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: the cores not busy with other work)")
     p.add_argument("--gate", default=None, choices=["entropy", "router", "oracle"],
-                   help="adapter routing at inference (oracle: each forget question's own sub-domain expert, an ablation)")
+                   help="adapter routing at inference (oracle, an ablation: each forget question's own sub-domain "
+                        "expert)")
     p.add_argument("--q", type=float, default=None, help="Tsallis q of the entropy gate")
     p.add_argument("--theta", type=float, default=None, help="entropy threshold of the gate")
     p.add_argument("--system-prompt", default=None, help="override the chat system prompt")
@@ -475,6 +479,10 @@ def main(argv=None):
             # before it is compared with the adapter's dtype
             auto = argparse.Namespace(device=args.device, dtype="auto")
             args.dtype = device_and_dtype(auto, model_width(argparse.Namespace(target=None, model=args.model)))[1]
+        if args.forget_pair == 9:  # forget10's last pair is forget01 itself
+            args.forget_pair = None
+        if args.forget_pair is not None and "tofu_forget01" not in benches:
+            raise ValueError("--forget-pair picks the authors of the tofu_forget01 bench; it is not among the benches")
         s = run_settings(args, run, benches)
         reference = retain_reference(benches, s, run_dir, args.limit)
         model = GPT.from_pretrained(args.model).to(args.device).eval()
@@ -491,14 +499,16 @@ def main(argv=None):
         dev = args.device.split(":")[0]
         with torch.autocast(dev, dtype=torch.bfloat16, enabled=s["dtype"] == "bfloat16"), \
                 linear_weights_in(lm, s["dtype"]):
+            routing = None
+            if args.adapter and model.routing.routers:  # how the gate routes (first: it checks the sub-domains)
+                routing = routing_diagnostics(lm, tok, benches, s["data_dir"], args.limit, s["eval_batch_size"],
+                                              args.device, s["seed"], s["eval_mask"], forget_pair=s["forget_pair"])
             summary, items = evaluate(lm, tok, benches, s["data_dir"], args.limit, reference, args.shots,
                                       s["eval_batch_size"], args.device, s["pct"], args.per_subject, seed=s["seed"],
                                       mask_rule=s["eval_mask"], forget_pair=s["forget_pair"])
-            if args.adapter and model.routing.routers:  # how the gate routed, on the evaluated sets
-                summary["routing"] = routing_diagnostics(lm, tok, benches, s["data_dir"], args.limit,
-                                                         s["eval_batch_size"], args.device, s["seed"], s["eval_mask"],
-                                                         forget_pair=s["forget_pair"])
-                print_routing(summary["routing"], lm)
+            if routing:
+                summary["routing"] = routing
+                print_routing(routing, lm)
     except (ValueError, FileNotFoundError) as e:
         fail(e)
     out = args.out or (os.path.join(run_dir, "eval") if args.adapter else os.path.join("out", "eval"))

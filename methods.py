@@ -13,7 +13,8 @@ Every unlearning method in one table, METHODS. An entry says all that makes the 
     flags                                 -> the method's own command-line flags (Flag below)
 
 `run` may hold "expert" (the sub-domain 1..N of each forget example; default 1), "experts" (the same by
-question, methods.experts_by_prompt), "theta" (the entropy threshold used) and "gate" (how evaluation routes the adapters; absent: the model is evaluated as it is).
+question, experts_by_prompt), "theta" (the entropy threshold used) and "gate" (how evaluation routes the
+adapters; absent: the model is evaluated as it is).
 train.py, bench.py, experiments/collect.py and the tests read METHODS; a new method is one entry here
 (README, "Adding a method").
 """
@@ -78,8 +79,7 @@ class Flag:
 GAMMA = Flag("--gamma", default=1.0, at_least=0, help="weight of the retain NLL term")
 LORA = (Flag("--rank", int, 8, "LoRA rank r", at_least=1),
         Flag("--alpha", float, 16.0, "LoRA alpha (scaling alpha / r)", positive=True),
-        Flag("--lr-b", help="learning rate of the B experts and routers (and of A, but in ALTER's Phase II)",
-             positive=True))
+        Flag("--lr-b", help="learning rate of the B experts (and of A, but in ALTER's Phase II)", positive=True))
 EXPERTS = (Flag("--n-experts", int, 4, "forget experts N (sub-domains), capped by the forget-set size", at_least=1),
            Flag("--lr-router", default=1e-2, positive=True, help="learning rate of the routers"),
            Flag("--router-input", str, "prefix", "what each block's router reads: prefix (the token and the running "
@@ -323,7 +323,8 @@ METHODS = {
                Flag("--train-gate", str, "teacher", "gates while training: labels or the router's",
                     choices=("teacher", "soft")),
                Flag("--gate", str, "entropy", "routing at inference (oracle: each forget question's own sub-domain "
-                    "expert at its low-entropy tokens, B_r elsewhere; an ablation)", choices=("entropy", "router", "oracle")),
+                    "expert at its low-entropy tokens, B_r elsewhere; an ablation)",
+                    choices=("entropy", "router", "oracle")),
                Flag("--lam", default=0.01, at_least=0, help="weight of the structural-invariance KL term"),
                Flag("--lr-a", help="Phase II learning rate of the shared A", positive=True),
                Flag("--phase1-epochs", int, 1, "ALTER Phase I epochs", at_least=0),

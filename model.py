@@ -467,6 +467,9 @@ class GPT(nn.Module):
         """Greedy continuation of each row of a left-padded batch idx (B, T) (the evaluation's decoding, as
         open-unlearning's). Stops when every row has produced an end token; finished rows are filled with the
         first end token. Returns the new tokens (B, <= max_new_tokens)."""
+        if getattr(self, "routing", None) and self.routing.routers:  # adapters with routers (alter.attach)
+            raise ValueError("generate with an adapted model through alter.GatedLM: its routers' running means "
+                             "carry from step to step in GatedLM's cache")
         eos = eos_token_id if eos_token_id is not None else self.config.eos_token_id
         eos = torch.tensor([eos] if isinstance(eos, int) else list(eos), device=idx.device)
         B = idx.size(0)

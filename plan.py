@@ -333,7 +333,8 @@ def preflight(task, args):
             task.params[flag] = GPT(config_from_hf(json.load(open(path)))).num_params()
     if task.text and task.bench != "toy":
         task.corpora = load_corpora(args)
-    for name in training_splits(args.forget):
+    pair = ["tofu_forget10", "tofu_forget10_perturbed"] if args.forget_pair is not None else []
+    for name in training_splits(args.forget) + pair:
         load_split(name, args.data_dir, args.seed)
     for name in dict.fromkeys(n for b in task.benches for n in bench_splits(b, task.pct)):
         task.eval_rows[name] = len(load_split(name, args.data_dir, args.seed)[:args.eval_limit])

@@ -343,7 +343,8 @@ def save_product(model, run, task, args, env):
                   system_prompt=args.system_prompt, eval_mask=args.eval_mask, base_model=path(model.source),
                   benches=task.benches, pct=task.pct, eval_limit=args.eval_limit, per_subject=args.per_subject,
                   data_dir=path(args.data_dir), retain_logs=path(args.retain_logs), dtype=env.dtype,
-                  eval_batch_size=args.eval_batch_size, forget_pair=args.forget_pair, experts=[[list(k), d] for k, d in run.get("experts", {}).items()])
+                  eval_batch_size=args.eval_batch_size, forget_pair=args.forget_pair,
+                  experts=[[list(k), d] for k, d in run.get("experts", {}).items()])
     save_adapter(model, os.path.join(task.out, "adapter.safetensors"), {"run": json.dumps(header)})
 
 # -----------------------------------------------------------------------------
@@ -402,7 +403,6 @@ def evaluate_unlearned(model, run, data, rows, reference, t_train, task, tok, ar
           f"(models {env.t_models:.0f} s, unlearning {t_train:.0f} s)")
 
 
-
 def diagnose(lm, run, data, task, tok, args, env, n_windows=64):
     """Routing diagnostics (evaluate.routing_diagnostics) on the evaluated question-answer sets, and for text
     forgetting on the first n_windows forget (with their sub-domains) and retain training windows."""
@@ -412,6 +412,7 @@ def diagnose(lm, run, data, task, tok, args, env, n_windows=64):
     with linear_weights_in(lm, env.dtype):
         return routing_diagnostics(lm, tok, task.benches, args.data_dir, args.eval_limit, args.eval_batch_size,
                                    env.device, args.seed, args.eval_mask, extra, args.forget_pair)
+
 
 if __name__ == "__main__":
     try:

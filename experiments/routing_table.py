@@ -9,7 +9,7 @@ import sys
 COLS = [("forget_quality", "forget quality ↑"), ("model_utility", "model utility ↑"),
         ("forget_Q_A_Prob", "forget prob ↓"), ("forget_Q_A_ROUGE", "forget ROUGE ↓"),
         ("retain_Q_A_ROUGE", "retain ROUGE ↑")]
-ROUTING = [("forget", "sub_domain_acc_low", "forget rows: right expert (low-entropy tokens)"),
+ROUTING = [("forget", "sub_domain_acc_low", "forget rows: right expert (low-entropy)"),
            ("forget_paraphrased", "sub_domain_acc_low", "paraphrased: right expert"),
            ("retain", "low_to_forget", "retain: to a forget expert ↓"), ("forget", "high", "forget: high-entropy share")]
 

@@ -49,6 +49,8 @@ def test_every_method_trains_what_its_groups_name(name):
         assert all(g["lr"] > 0 for g in groups), (name, phase)
         if name == "alter":  # the shared A moves at lr_A in Phase II only (paper: 1e-5), at lr_B in Phase I
             assert groups[0]["lr"] == (args.lr_a if phase == 2 else args.lr_b) and groups[1]["lr"] == args.lr_b
+            assert groups[2]["lr"] == args.lr_router and all(".router." in n for n, p in model.named_parameters()
+                                                             if any(p is q for q in groups[2]["params"]))
         grouped |= {id(p) for g in groups for p in g["params"]}
         opt = torch.optim.AdamW(groups, weight_decay=0.0)
         fidx, ridx = [0, 1, 2], [3, 4, 5]

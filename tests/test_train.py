@@ -123,6 +123,10 @@ def test_bad_input(tmp_path, cache):
     assert r.returncode == 2 and f"unknown method 'sgd'; valid: {', '.join(METHODS)}" in r.stderr
     r = run(QUICK + ["--out", out, "--resume"], cache, check=False)
     assert r.returncode == 2 and "--resume: no checkpoint in" in r.stderr
+    r = run(QUICK + ["--out", out, "--forget-pair", "3"], cache, check=False)
+    assert r.returncode == 2 and "--forget-pair is for --forget tofu_forget01 with --authors" in r.stderr
+    r = run(QUICK + ["--out", out, "--forget", "toy_text", "--gate", "oracle"], cache, check=False)
+    assert r.returncode == 2 and "--gate oracle needs forget questions" in r.stderr
     # a loss that blows up: stop with the step and the loss parts, keep the last good checkpoint
     run(QUICK + ["--out", out, "--stop-after", "1"], cache)
     before = open(os.path.join(out, "checkpoint.pt"), "rb").read()
