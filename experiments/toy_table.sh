@@ -41,7 +41,7 @@ routing=${table%.md}_routing
 mkdir -p "$routing/toy"
 python evaluate.py --adapter "$out/alter-token-router" --gate oracle --out "$out/alter-token-router/oracle" | tail -n 1
 cp "$out/alter-token-router/oracle/metrics.json" "$routing/toy/alter-token-router-oracle-gate.json"
-for r in alter alter-router-gate alter-oracle-gate alter-token-router; do
+for r in alter alter-router-gate alter-oracle-gate alter-token-router alter-token-router-fast alter-router-slow; do
   cp "$out/$r/metrics.json" "$routing/toy/$r.json"
 done
 python experiments/routing_table.py "$routing" > "$routing/table.md"
