@@ -11,7 +11,8 @@ COLS = [("forget_quality", "forget quality ↑"), ("model_utility", "model utili
         ("retain_Q_A_ROUGE", "retain ROUGE ↑")]
 ROUTING = [("forget", "sub_domain_acc_low", "forget rows: right expert (low-entropy)"),
            ("forget_paraphrased", "sub_domain_acc_low", "paraphrased: right expert"),
-           ("retain", "low_to_forget", "retain: to a forget expert ↓"), ("forget", "high", "forget: high-entropy share")]
+           ("retain", "low_to_forget", "retain: to a forget expert ↓"),
+           ("forget", "high", "forget: high-entropy share")]
 
 
 def fmt(v):
