@@ -9,7 +9,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from methods import METHODS  # noqa: E402
 
 COLS = [("forget_quality", "forget quality ↑"), ("model_utility", "model utility ↑"),
-        ("forget_truth_ratio", "forget truth ratio"), ("forget_Q_A_ROUGE", "forget ROUGE ↓"),
+        ("forget_truth_ratio", "forget truth ratio"), ("forget_Q_A_Prob", "forget prob ↓"),
+        ("forget_Q_A_ROUGE", "forget ROUGE ↓"),
         ("retain_Q_A_ROUGE", "retain ROUGE ↑"), ("mc_forget_acc", "forget MC acc ↓"),
         ("mc_retain_acc", "retain MC acc ↑"), ("general_acc", "general acc ↑"),
         ("forget_verbmem_ROUGE", "VerbMem ↓"),

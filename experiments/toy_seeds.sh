@@ -17,8 +17,9 @@ python - <<'PY' > results/toy_seeds.md
 import json
 runs = ("alter", "alter-token-router", "npo")
 print("| seed | target FQ / MU | ALTER FQ / MU (MU ÷ target) | ALTER, token router | NPO "
-      "| forget MC acc: target → ALTER / token router / NPO (retain model) |")
-print("|---|---|---|---|---|---|")
+      "| forget MC acc: target → ALTER / token router / NPO (retain model) "
+      "| forget prob: ALTER / token router / NPO (retain model) |")
+print("|---|---|---|---|---|---|---|")
 for seed in (0, 1, 2):
     m = {k: json.load(open(f"out/toy_seeds/s{seed}/{k}/metrics.json")) for k in runs}
     t, r = m["alter"]["target"], m["alter"]["retain"]
@@ -27,6 +28,8 @@ for seed in (0, 1, 2):
     mc = " / ".join(f"{m[k]['unlearned']['mc_forget_acc']:.3f}" for k in runs)
     print(f"| {seed} | {t['forget_quality']:.3f} / {t['model_utility']:.3f} | "
           + " | ".join(fq_mu(m[k]["unlearned"]) for k in runs)
-          + f" | {t['mc_forget_acc']:.3f} → {mc} ({r['mc_forget_acc']:.3f}) |")
+          + f" | {t['mc_forget_acc']:.3f} → {mc} ({r['mc_forget_acc']:.3f}) | "
+          + " / ".join(f"{m[k]['unlearned']['forget_Q_A_Prob']:.3f}" for k in runs)
+          + f" ({r['forget_Q_A_Prob']:.3f}) |")
 PY
 cat results/toy_seeds.md

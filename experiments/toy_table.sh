@@ -28,8 +28,8 @@ for spec in "${runs[@]}"; do
   name=$1; shift
   echo "== $name"
   python train.py --forget toy_forget10 --model tiny --out "${OUT:-out/toy_table}/$name" --overwrite "$@" \
-    "${extra[@]}" \
-    | tail -n 3
+    "${extra[@]}" > "${OUT:-out/toy_table}/$name.log"
+  tail -n 3 "${OUT:-out/toy_table}/$name.log"
 done
 python experiments/collect.py "${OUT:-out/toy_table}" > "${TABLE:-results/toy_table.md}"
 cat "${TABLE:-results/toy_table.md}"
@@ -45,4 +45,5 @@ for r in alter alter-router-gate alter-oracle-gate alter-token-router alter-toke
   cp "$out/$r/metrics.json" "$routing/toy/$r.json"
 done
 python experiments/routing_table.py "$routing" > "$routing/table.md"
+(cd "$out" && grep -H "step 0120" alter*.log) > "$routing/last_step.txt"  # the last step's loss parts
 cat "$routing/table.md"

@@ -12,3 +12,5 @@ done
 python experiments/collect.py out/toy_text_table mc_forget_acc mc_retain_acc general_acc model_utility \
   forget_verbmem_ROUGE muse_privleak forget_Q_A_ROUGE train_seconds trainable_params > results/toy_text_table.md
 cat results/toy_text_table.md
+mkdir -p results/toy_text_table_routing  # how ALTER's gate routed (README, "Text unlearning")
+cp out/toy_text_table/alter/metrics.json results/toy_text_table_routing/alter.json
