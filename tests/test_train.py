@@ -380,3 +380,29 @@ def test_bare_tofu_command_offline_prints_the_plan_then_one_message(tmp_path):
               "--data-dir DIR", "--target DIR", "--retain-model DIR", "--model DIR"):
         assert s in r.stderr, s
     assert r.stderr.count("error:") == 1
+
+
+def test_relearning_attack(toy_run):
+    """experiments/relearn.py: metrics.json names the run's target and retain checkpoints; the attack trains every
+    parameter of the deployed model (base weights, adapters, routers) on the even-numbered forget questions
+    only, and scores both halves before and after. With no step nothing may change; with steps the relearned
+    half's answers become more likely."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("relearn", os.path.join(ROOT, "experiments", "relearn.py"))
+    relearn = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(relearn)
+    m = json.load(open(os.path.join(toy_run, "metrics.json")))
+    assert os.path.isdir(m["checkpoints"]["target"]) and os.path.isdir(m["checkpoints"]["retain"])
+    lm, tok = relearn.load(toy_run, "unlearned")
+    adapter = next(mod for mod in lm.modules() if hasattr(mod, "lora_B"))
+    base, expert = adapter.base.weight, adapter.lora_B
+    before = {"base": base.detach().clone(), "B": expert.detach().clone()}
+    rows = [{"question": "Who is Ada?", "answer": "A painter from Oslo."}]
+    losses = relearn.attack(lm, tok, rows, 3, 1e-3, "float32")
+    assert len(losses) == 3 and losses[-1] < losses[0], losses
+    assert not torch.equal(base, before["base"]) and not torch.equal(expert, before["B"])
+    assert not any(p.requires_grad for p in lm.parameters())
+    none = relearn.relearn(toy_run, "unlearned", 0)
+    assert none["before"] == none["after"] and none["n_relearned"] == 4 and none["n_held_out"] == 4, none
+    r = relearn.relearn(toy_run, "unlearned", 5, lr=1e-3)
+    assert r["after"]["relearned"]["prob"] > r["before"]["relearned"]["prob"], r

@@ -1,0 +1,141 @@
+"""The relearning attack (Hu et al., ICLR 2025; Deeb & Roger 2024): does unlearned knowledge come back when the
+model is fine-tuned on a little of it? Every parameter of the model as it is deployed (for ALTER: the base
+weights, the adapters and the routers, run under the run's gate) is fine-tuned for --steps full-batch AdamW
+steps on the answers of half of the forget questions (the even-numbered ones), at the learning rate that made
+the target (the run's --ft-lr); then it is scored on the other half, which it never saw during the attack.
+The target and the retain model go through the same attack: the target is where the facts start, the retain
+model (it never knew them) is what fine-tuning on half of a person's facts teaches about the other half.
+
+    python experiments/relearn.py RUN [RUN ...] --out results/x.json [--steps 10] [--lr LR]
+
+RUN: a train.py run folder (question-answer forgetting): its unlearned model (the adapter under the run's gate,
+or the saved full model); the target and retain rows use the run's models (metrics.json "checkpoints"). Scores
+on each half, before and after: forget probability (exp of minus the mean answer-token NLL), ROUGE-L recall of
+greedy answers, and multiple-choice accuracy by likelihood (the answer beats every perturbed answer, the rule
+of TOFU's real-authors and world-facts accuracy).
+"""
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")))
+from alter import GatedLM, load_adapter  # noqa: E402
+from checkpoint import read_safetensors  # noqa: E402
+from data.batching import collate, encode_qa  # noqa: E402
+from evaluate import avg_nll, forget_eval_rows, generate, token_logps  # noqa: E402
+from metrics import rouge_l  # noqa: E402
+from model import GPT, linear_weights_in  # noqa: E402
+from plan import device_and_dtype, set_threads  # noqa: E402
+from tokenizer import Tokenizer  # noqa: E402
+
+
+def load(run, which):
+    """(model as deployed, tokenizer) of a run: which = "unlearned", "target" or "retain"."""
+    m = json.load(open(os.path.join(run, "metrics.json")))
+    adapter = os.path.join(run, "adapter.safetensors")
+    if which != "unlearned":
+        path = (m.get("checkpoints") or {}).get(which)
+        if not path:
+            raise ValueError(f"{run}/metrics.json names no {which} checkpoint (a run from before 'checkpoints')")
+        model = GPT.from_pretrained(path, verbose=False)
+        return model, Tokenizer.from_pretrained(path)
+    if not os.path.exists(adapter):
+        path = os.path.join(run, "model")
+        return GPT.from_pretrained(path, verbose=False), Tokenizer.from_pretrained(path)
+    h = json.loads(read_safetensors(adapter, metadata=True)[1]["run"])
+    model = GPT.from_pretrained(h["base_model"], verbose=False)
+    load_adapter(model, adapter)
+    lm = GatedLM(model, h["q"], h["theta"], h["gate"], {tuple(p): d for p, d in h.get("experts", [])})
+    return lm, Tokenizer.from_pretrained(h["base_model"])
+
+
+@torch.no_grad()
+def score(lm, tok, rows, cfg, dtype):
+    """Forget probability, ROUGE-L recall and likelihood-MC accuracy of `rows`, as evaluate.py computes them."""
+    kw = dict(batch_size=16, device="cpu", mask_rule=cfg["eval_mask"])
+    with linear_weights_in(lm, dtype):
+        nll = avg_nll(token_logps(lm, encode_qa(tok, rows, "answer"), tok.pad_id, desc="answers", **kw))
+        wrong = avg_nll(token_logps(lm, encode_qa(tok, rows, "perturbed_answer"), tok.pad_id, desc="perturbed", **kw))
+        gens = generate(lm, tok, [tok.prompt_ids(r["question"]) for r in rows], 200, desc="generate", **kw)
+    wrong = wrong.reshape(len(rows), -1)
+    rouge = rouge_l([r["answer"] for r in rows], gens, "recall")
+    return {"prob": float(np.exp(-nll).mean()), "rouge": float(rouge.mean()),
+            "mc_acc": float((nll[:, None] < wrong).all(1).mean())}
+
+
+def attack(lm, tok, rows, steps, lr, dtype):
+    """Full-batch fine-tuning of every parameter on the answers of `rows` (NLL of the answer tokens)."""
+    b = collate(encode_qa(tok, rows, "answer"), tok.pad_id)
+    lab = b["y"] != -100
+    params = list(lm.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    losses = []
+    for _ in range(steps):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+            logits, _ = lm(b["x"], attention_mask=b["mask"], keep=lab)
+            loss = F.cross_entropy(logits.float(), b["y"][lab])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        losses.append(round(loss.item(), 4))
+    for p in params:
+        p.requires_grad_(False)
+    return losses
+
+
+def relearn(run, which, steps, lr=None, seed=0):
+    """The attack on one model of one run: {"before": {...}, "after": {...}} on both halves, and the losses."""
+    cfg = json.load(open(os.path.join(run, "config.json")))
+    bench, pct = cfg["forget"].split("_")[0], cfg["forget"][-2:]
+    if bench not in ("toy", "tofu"):
+        raise ValueError(f"{run}: the attack needs question-answer forgetting, not {cfg['forget']}")
+    rows = forget_eval_rows(bench, pct, cfg["data_dir"], cfg["seed"], cfg.get("forget_pair"))[:cfg["eval_limit"]]
+    halves = {"relearned": rows[0::2], "held_out": rows[1::2]}
+    lm, tok = load(run, which)
+    tok.system = cfg["system_prompt"]
+    lm.eval()
+    dtype = device_and_dtype(argparse.Namespace(device="cpu", dtype=cfg["dtype"]), lm.config.n_embd)[1]
+    out = {"before": {h: score(lm, tok, r, cfg, dtype) for h, r in halves.items()}}
+    torch.manual_seed(seed)
+    lr = lr or cfg["ft_lr"]
+    out["losses"] = attack(lm, tok, halves["relearned"], steps, lr, dtype)
+    out["after"] = {h: score(lm, tok, r, cfg, dtype) for h, r in halves.items()}
+    out.update(steps=steps, lr=lr, n_relearned=len(halves["relearned"]), n_held_out=len(halves["held_out"]))
+    return out
+
+
+def main():
+    p = argparse.ArgumentParser(description="the relearning attack on unlearned models (and their target/retain)")
+    p.add_argument("runs", nargs="+", help="train.py run folders")
+    p.add_argument("--out", required=True, help="JSON file: {run name: {target, retain, unlearned}}; resumable")
+    p.add_argument("--steps", type=int, default=10, help="fine-tuning steps of the attack")
+    p.add_argument("--lr", type=float, default=None, help="learning rate of the attack (default: the run's --ft-lr)")
+    p.add_argument("--threads", type=int, default=0)
+    args = p.parse_args()
+    set_threads(args)
+    res = json.load(open(args.out)) if os.path.exists(args.out) else {}
+    for run in args.runs:
+        name = os.path.basename(os.path.normpath(run))
+        for which in ("target", "retain", "unlearned"):
+            key = name if which == "unlearned" else which
+            if key in res:  # done (the target and retain once: every run of the file shares them)
+                continue
+            res[key] = relearn(run, which, args.steps, args.lr)
+            a, b = res[key]["before"]["held_out"], res[key]["after"]["held_out"]
+            print(f"{key}: held-out prob {a['prob']:.3f} -> {b['prob']:.3f}, ROUGE {a['rouge']:.3f} -> "
+                  f"{b['rouge']:.3f}, MC acc {a['mc_acc']:.3f} -> {b['mc_acc']:.3f}", flush=True)
+            os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+            json.dump(res, open(args.out + ".tmp", "w"), indent=1)
+            os.replace(args.out + ".tmp", args.out)
+
+
+if __name__ == "__main__":
+    main()

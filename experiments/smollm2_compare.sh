@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# ALTER against the two strongest baselines (NPO, GradDiff) on the real model, forget pair by forget pair: the
+# reduced SmolLM2 protocol of experiments/smollm2_tofu.sh (10 authors: the forget pair and the first 8 retain
+# authors; first 40 items of every eval set) on pairs of TOFU forget10's authors (--forget-pair K; 9 is forget01's
+# own pair), then the relearning attack (experiments/relearn.py) on ALTER and the baseline named by RELEARN.
+# Every method runs at the protocol's settings (ALTER and LoRA at the paper's learning rates, full-parameter
+# methods at TOFU's 1e-5): the real model is not tuned. Resumable: a finished run (metrics.json) is skipped, and
+# each one's metrics are copied to results/smollm2_compare/ as soon as it ends.
+# Usage: [MODEL=dir] [DATA=dir] [PAIRS="9 0 1"] [THREADS=0] bash experiments/smollm2_compare.sh
+#   (about 35 minutes a pair on 2 CPU cores)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MODEL=${MODEL:-HuggingFaceTB/SmolLM2-135M-Instruct}
+data=(${DATA:+--data-dir "$DATA"})
+common=(--forget tofu_forget01 --model "$MODEL" "${data[@]}" --authors 10 --eval-limit 40
+        --ft-epochs 5 --ft-lr 1e-4 --ft-batch-size 8 --epochs 5 --threads "${THREADS:-0}")
+for k in ${PAIRS:-9 0 1}; do
+  out=out/smollm2_compare/p$k
+  res=results/smollm2_compare/p$k
+  mkdir -p "$res"
+  for spec in "alter" "npo --method npo" "gd --method gd"; do
+    set -- $spec
+    name=$1; shift
+    if [ ! -f "$out/$name/metrics.json" ]; then
+      echo "== pair $k: $name $*"
+      python train.py "${common[@]}" --forget-pair "$k" --out "$out/$name" --overwrite "$@"
+    fi
+    cp "$out/$name/metrics.json" "$res/$name.json"
+  done
+done
