@@ -193,7 +193,7 @@ def load_models(task, tok, args, env):
     elif "retain" in ft:
         retain = cached_finetune("retain", *ft["retain"], tok, args, env, log0)
     env.t_models = time.time() - env.t_start
-    env.checkpoints = {"target": target.source, "retain": retain and retain.source}
+    env.checkpoints = {"target": model_id(target.source), "retain": retain and model_id(retain.source)}
     return target, retain
 
 

@@ -1,8 +1,11 @@
 """The relearning attack (Hu et al., ICLR 2025; Deeb & Roger 2024): does unlearned knowledge come back when the
 model is fine-tuned on a little of it? Every parameter of the model as it is deployed (for ALTER: the base
 weights, the adapters and the routers, run under the run's gate) is fine-tuned for --steps full-batch AdamW
-steps on the answers of half of the forget questions (the even-numbered ones), at the learning rate that made
-the target (the run's --ft-lr); then it is scored on the other half, which it never saw during the attack.
+steps on the answers of half of the forget questions (the even-numbered ones), at a tenth of the learning rate
+that made the target (the run's --ft-lr: the toy's 3e-4, SmolLM2's 1e-5, TOFU's own fine-tuning rate); then it
+is scored on the other half, which it never saw during the attack. On the toy's validation world (seed 100)
+that rate leaves the target's held-out half where it was (forget probability 0.889 -> 0.861); 1e-3 and 3e-3
+already damage it (0.746, 0.297).
 The target and the retain model go through the same attack: the target is where the facts start, the retain
 model (it never knew them) is what fine-tuning on half of a person's facts teaches about the other half.
 
@@ -11,8 +14,9 @@ model (it never knew them) is what fine-tuning on half of a person's facts teach
 RUN: a train.py run folder (question-answer forgetting): its unlearned model (the adapter under the run's gate,
 or the saved full model); the target and retain rows use the run's models (metrics.json "checkpoints"). Scores
 on each half, before and after: forget probability (exp of minus the mean answer-token NLL), ROUGE-L recall of
-greedy answers, and multiple-choice accuracy by likelihood (the answer beats every perturbed answer, the rule
-of TOFU's real-authors and world-facts accuracy).
+greedy answers, and multiple-choice accuracy: on the toy its 4-option cloze questions about the same facts
+(toy_mc, as the forget MC accuracy of the toy's tables), on TOFU by likelihood (the answer beats every perturbed
+answer, the rule of TOFU's real-authors and world-facts accuracy).
 """
 import argparse
 import json
@@ -27,7 +31,8 @@ sys.path.insert(0, os.path.normpath(os.path.join(os.path.dirname(os.path.abspath
 from alter import GatedLM, load_adapter  # noqa: E402
 from checkpoint import read_safetensors  # noqa: E402
 from data.batching import collate, encode_qa  # noqa: E402
-from evaluate import avg_nll, forget_eval_rows, generate, token_logps  # noqa: E402
+from data.benchmarks import load_split  # noqa: E402
+from evaluate import avg_nll, eval_mc_cloze, forget_eval_rows, generate, token_logps  # noqa: E402
 from metrics import rouge_l  # noqa: E402
 from model import GPT, linear_weights_in  # noqa: E402
 from plan import device_and_dtype, set_threads  # noqa: E402
@@ -55,17 +60,18 @@ def load(run, which):
 
 
 @torch.no_grad()
-def score(lm, tok, rows, cfg, dtype):
-    """Forget probability, ROUGE-L recall and likelihood-MC accuracy of `rows`, as evaluate.py computes them."""
+def score(lm, tok, rows, cfg, dtype, mc_rows=None):
+    """Forget probability, ROUGE-L recall and multiple-choice accuracy of `rows`, as evaluate.py computes them:
+    the toy's 4-option cloze questions about the same facts (`mc_rows`, toy_mc), else by likelihood against
+    the perturbed answers."""
     kw = dict(batch_size=16, device="cpu", mask_rule=cfg["eval_mask"])
     with linear_weights_in(lm, dtype):
         nll = avg_nll(token_logps(lm, encode_qa(tok, rows, "answer"), tok.pad_id, desc="answers", **kw))
         wrong = avg_nll(token_logps(lm, encode_qa(tok, rows, "perturbed_answer"), tok.pad_id, desc="perturbed", **kw))
         gens = generate(lm, tok, [tok.prompt_ids(r["question"]) for r in rows], 200, desc="generate", **kw)
-    wrong = wrong.reshape(len(rows), -1)
+        mc = eval_mc_cloze(lm, tok, mc_rows, 16) if mc_rows else (nll[:, None] < wrong.reshape(len(rows), -1)).all(1)
     rouge = rouge_l([r["answer"] for r in rows], gens, "recall")
-    return {"prob": float(np.exp(-nll).mean()), "rouge": float(rouge.mean()),
-            "mc_acc": float((nll[:, None] < wrong).all(1).mean())}
+    return {"prob": float(np.exp(-nll).mean()), "rouge": float(rouge.mean()), "mc_acc": float(np.mean(mc))}
 
 
 def attack(lm, tok, rows, steps, lr, dtype):
@@ -99,27 +105,55 @@ def relearn(run, which, steps, lr=None, seed=0):
         raise ValueError(f"{run}: the attack needs question-answer forgetting, not {cfg['forget']}")
     rows = forget_eval_rows(bench, pct, cfg["data_dir"], cfg["seed"], cfg.get("forget_pair"))[:cfg["eval_limit"]]
     halves = {"relearned": rows[0::2], "held_out": rows[1::2]}
+    mc = {h: None for h in halves}
+    if bench == "toy":  # toy_mc asks about the same (person, fact) pairs, in the same order
+        mc_rows = load_split(f"toy_mc_forget{pct}", seed=cfg["seed"])[:cfg["eval_limit"]]
+        assert [r["person"] for r in mc_rows] == [r["person"] for r in rows], "toy_mc and forget rows differ"
+        mc = {"relearned": mc_rows[0::2], "held_out": mc_rows[1::2]}
     lm, tok = load(run, which)
     tok.system = cfg["system_prompt"]
     lm.eval()
     dtype = device_and_dtype(argparse.Namespace(device="cpu", dtype=cfg["dtype"]), lm.config.n_embd)[1]
-    out = {"before": {h: score(lm, tok, r, cfg, dtype) for h, r in halves.items()}}
+    out = {"before": {h: score(lm, tok, r, cfg, dtype, mc[h]) for h, r in halves.items()}}
     torch.manual_seed(seed)
-    lr = lr or cfg["ft_lr"]
+    lr = lr or cfg["ft_lr"] / 10
     out["losses"] = attack(lm, tok, halves["relearned"], steps, lr, dtype)
-    out["after"] = {h: score(lm, tok, r, cfg, dtype) for h, r in halves.items()}
+    out["after"] = {h: score(lm, tok, r, cfg, dtype, mc[h]) for h, r in halves.items()}
     out.update(steps=steps, lr=lr, n_relearned=len(halves["relearned"]), n_held_out=len(halves["held_out"]))
     return out
 
 
+def table(files):
+    """Markdown: every model of the result files (one per seed or forget pair), the held-out half before -> after
+    the attack, mean ± sample standard deviation over the files."""
+    res = [json.load(open(f)) for f in files]
+    names = ["target", "retain"] + [k for k in res[0] if k not in ("target", "retain")]
+    lines = ["| model | n | held-out forget prob: before → after | held-out ROUGE: before → after "
+             "| held-out MC acc: before → after | relearned half, prob after |", "|---|---|---|---|---|---|"]
+    for name in names:
+        rs = [r[name] for r in res if name in r]
+        cell = lambda when, half, k: (lambda v: f"{v.mean():.3f}" + (f" ± {v.std(ddof=1):.3f}" if len(v) > 1 else ""))(
+            np.array([r[when][half][k] for r in rs]))
+        lines.append(f"| {name} | {len(rs)} | " + " | ".join(
+            f"{cell('before', 'held_out', k)} → {cell('after', 'held_out', k)}" for k in ("prob", "rouge", "mc_acc"))
+            + f" | {cell('after', 'relearned', 'prob')} |")
+    return "\n".join(lines) + "\n"
+
+
 def main():
     p = argparse.ArgumentParser(description="the relearning attack on unlearned models (and their target/retain)")
-    p.add_argument("runs", nargs="+", help="train.py run folders")
-    p.add_argument("--out", required=True, help="JSON file: {run name: {target, retain, unlearned}}; resumable")
+    p.add_argument("runs", nargs="*", help="train.py run folders")
+    p.add_argument("--out", help="JSON file: {run name: {target, retain, unlearned}}; resumable")
+    p.add_argument("--table", nargs="+", metavar="FILE", help="print the table of these result files instead")
     p.add_argument("--steps", type=int, default=10, help="fine-tuning steps of the attack")
-    p.add_argument("--lr", type=float, default=None, help="learning rate of the attack (default: the run's --ft-lr)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="learning rate of the attack (default: a tenth of the run's --ft-lr)")
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args()
+    if args.table:
+        return print(table(args.table))
+    if not args.runs or not args.out:
+        p.error("give run folders and --out (or --table FILE ...)")
     set_threads(args)
     res = json.load(open(args.out)) if os.path.exists(args.out) else {}
     for run in args.runs:
