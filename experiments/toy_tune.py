@@ -58,7 +58,8 @@ def main():
         best = select(results, target["model_utility"])
         selected[method] = dict(setting=best, flags=dict(settings(method))[best],
                                 forget_quality=results[best]["forget_quality"],
-                                model_utility=results[best]["model_utility"], target_model_utility=target["model_utility"])
+                                model_utility=results[best]["model_utility"],
+                                target_model_utility=target["model_utility"])
         json.dump(selected, open(path, "w"), indent=1)
         print(f"{method}: {best} (forget quality {results[best]['forget_quality']:.3g}, "
               f"model utility {results[best]['model_utility']:.3f})", flush=True)
