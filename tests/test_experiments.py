@@ -1,0 +1,44 @@
+"""The experiment scripts' own logic: toy_tune.py's selection rule and table.py's statistics and paired wins.
+
+Run: python -m pytest -q tests/test_experiments.py
+"""
+import json
+import os
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+sys.path.insert(0, os.path.join(ROOT, "experiments"))
+import table  # noqa: E402
+import toy_tune  # noqa: E402
+
+
+def test_selection_rule():
+    """The best forget quality among the settings that keep >= 0.9 x the target's utility (ties: the forget
+    probability nearest the retain model's, then utility); when none does, the best utility."""
+    row = lambda fq, mu, p=0.1: {"forget_quality": fq, "model_utility": mu, "forget_Q_A_Prob": p}
+    r = {"a": row(0.9, 0.5), "b": row(0.4, 0.95), "c": row(0.4, 0.99), "d": row(0.1, 1.0)}
+    assert toy_tune.select(r, 1.0, 0.1) == "c"       # a fails the floor; b and c tie on FQ and prob: utility
+    assert toy_tune.select(r, 0.5, 0.1) == "a"       # all pass: the best FQ
+    r = {"mild": row(0.9, 0.99, 0.8), "near": row(0.9, 0.95, 0.2), "past": row(0.9, 0.97, 0.01)}
+    assert toy_tune.select(r, 1.0, 0.1) == "near"    # an FQ tie: forget prob 0.2 is nearest 0.1 (log 2 vs 2.3)
+    assert toy_tune.select({"a": row(0.9, 0.1), "b": row(0.1, 0.3)}, 1.0, 0.1) == "b"  # none passes: the best MU
+    assert len(toy_tune.settings("alter")) == 6 and all(len(toy_tune.settings(m)) == 6 for m in toy_tune.GRID)
+
+
+def test_seed_table(tmp_path):
+    """Mean ± sample sd over groups and ALTER's paired wins, from <group>/<run>.json files."""
+    ref = {"forget_quality": 0.01, "model_utility": 0.5}
+    for g, (a, b) in {"s0": ((0.5, 0.6), (0.1, 0.7)), "s1": ((0.3, 0.4), (0.4, 0.2))}.items():
+        os.makedirs(tmp_path / g)
+        for name, (fq, mu) in (("alter", a), ("npo", b)):
+            m = {"unlearned": {"forget_quality": fq, "model_utility": mu}, "target": ref, "retain": ref}
+            json.dump(m, open(tmp_path / g / f"{name}.json", "w"))
+    text = table.table(str(tmp_path))
+    alter = next(line for line in text.splitlines() if line.startswith("| alter |"))
+    npo = next(line for line in text.splitlines() if line.startswith("| npo |"))
+    assert "0.4 ± 0.14" in alter and "0.5 ± 0.14" in alter, alter   # FQ (0.5, 0.3), MU (0.6, 0.4)
+    assert npo.endswith("| 1/2 / 1/2 |"), npo                      # FQ 0.5 > 0.1, 0.3 < 0.4; MU 0.6 < 0.7, 0.4 > 0.2
+    assert table.ms([1.0])[1] == 0.0 and table.ms([1.0, 3.0]) == pytest.approx((2.0, 2 ** 0.5))
