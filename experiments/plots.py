@@ -1,4 +1,4 @@
-"""The README's pictures (matplotlib: pip install matplotlib), written to results/plots/:
+"""The README's pictures (matplotlib: pip install -r requirements-plots.txt), written to results/plots/:
   fq_vs_mu.png   forget quality (log scale) against model utility: every method and seed of the toy
                  (results/toy_seeds, experiments/toy_seeds.py) and every method and forget pair of the real model
                  (results/smollm2_compare, experiments/smollm2_compare.sh), the target and retain models marked;
@@ -17,10 +17,15 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")))
-import matplotlib  # noqa: E402
+try:
+    import matplotlib
+except ImportError:
+    sys.exit("experiments/plots.py needs matplotlib: pip install -r requirements-plots.txt")
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from metrics import write_json  # noqa: E402
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 OUT = os.path.join(ROOT, "results", "plots")
@@ -35,7 +40,7 @@ def points(root):
     for g in sorted(os.listdir(root)) if os.path.isdir(root) else []:
         if not os.path.isdir(os.path.join(root, g)):
             continue
-        for f in sorted(os.listdir(os.path.join(root, g))):
+        for f in sorted(f for f in os.listdir(os.path.join(root, g)) if f.endswith(".json") and "relearn" not in f):
             m = json.load(open(os.path.join(root, g, f)))
             rows = out.setdefault(g, {})
             rows[f.removesuffix(".json")] = m["unlearned"]
@@ -117,7 +122,7 @@ def entropy():
                         for n, h in H.items()} | {"theta": theta, "q": q}
     fig.tight_layout()
     fig.savefig(os.path.join(OUT, "entropy.png"), dpi=110)
-    json.dump(stats, open(os.path.join(OUT, "entropy.json"), "w"), indent=1)
+    write_json(os.path.join(OUT, "entropy.json"), stats)
 
 
 def losses():

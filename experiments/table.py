@@ -1,6 +1,7 @@
 """One table of runs repeated over seeds (or forget pairs): results/<experiment>/<group>/<run>.json files (train.py's
-metrics.json), one row per run with the mean ± sample standard deviation over the groups, and paired wins: on how
-many groups ALTER's forget quality, and its model utility, are above the row's. --per-group adds every group's row.
+metrics.json), one row per run with the mean ± sample standard deviation over the groups, and ALTER against the row,
+group by group: on how many groups ALTER's forget quality (and its model utility) is above / equal to / below the
+row's (forget quality moves in coarse steps: ties are common). --per-group adds every group's row.
     python experiments/table.py results/toy_seeds [--per-group]     (writes <folder>/table.md)
 """
 import json
@@ -28,6 +29,13 @@ def load_all(root):
     return runs
 
 
+def versus(a, b):
+    """'above/equal/below' counts of a against b, pair by pair (a missing value: not counted)."""
+    pairs = [(x, y) for x, y in zip(a, b) if x is not None and y is not None]
+    return "/".join(str(n) for n in (sum(x > y for x, y in pairs), sum(x == y for x, y in pairs),
+                                     sum(x < y for x, y in pairs)))
+
+
 def ms(values):
     """Mean and sample standard deviation (0 for one value)."""
     v = np.array(values, dtype=float)
@@ -42,14 +50,14 @@ def table(root, first=("alter",), last=(), per_group=False):
         sorted(r for r in runs if r not in first and r not in last and r not in refs) + [r for r in last if r in runs]
     keys = [(k, h) for k, h in KEYS if all(k in row for r in order for row in runs[r].values())]
     alter = runs.get("alter", {})
-    lines = ["| run | n | " + " | ".join(h for _, h in keys) + " | MU ÷ target | ALTER above: FQ / MU |",
+    lines = ["| run | n | " + " | ".join(h for _, h in keys) + " | MU ÷ target | ALTER above/equal/below: FQ; MU |",
              "|---" * (len(keys) + 4) + "|"]
     for r in order:
         groups = sorted(runs[r])
         both = [g for g in groups if g in alter]
         wins = "–" if r in ["alter"] + refs or not both else \
-            f"{sum(alter[g]['forget_quality'] > runs[r][g]['forget_quality'] for g in both)}/{len(both)} / " \
-            f"{sum(alter[g]['model_utility'] > runs[r][g]['model_utility'] for g in both)}/{len(both)}"
+            "; ".join(versus([alter[g][k] for g in both], [runs[r][g][k] for g in both])
+                      for k in ("forget_quality", "model_utility"))
         for name, gs in ([(f"{g}: {r}", [g]) for g in groups] if per_group else []) + [(r, groups)]:
             cell = lambda k: "{:.3g} ± {:.2g}".format(*ms([runs[r][g][k] for g in gs])) if len(gs) > 1 else \
                 f"{runs[r][gs[0]][k]:.3g}"

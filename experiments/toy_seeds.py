@@ -10,6 +10,7 @@ import json
 import os
 
 from runs import ROOT, gate, train
+from metrics import write_json
 from table import table
 
 SEEDS = (0, 1, 2, 3, 4)
@@ -48,7 +49,7 @@ def main():
             m = run(name, seed, selected, args.threads)
             res = os.path.join(ROOT, "results", "toy_seeds", f"s{seed}")
             os.makedirs(res, exist_ok=True)
-            json.dump(m, open(os.path.join(res, f"{name}.json"), "w"), indent=1)
+            write_json(os.path.join(res, f"{name}.json"), m)
     print(table(os.path.join(ROOT, "results", "toy_seeds"), first=MAIN, last=ABLATIONS))
 
 

@@ -17,6 +17,7 @@ import math
 import os
 
 from runs import ROOT, train
+from metrics import write_json
 
 VALIDATION_SEED = 100
 EPOCHS = (10, 20)
@@ -57,13 +58,13 @@ def main():
         for name, flags in settings(method):
             m = train(os.path.join(ROOT, "out", "toy_tune", method, name), flags, VALIDATION_SEED, args.threads)
             results[name], target, retain = m["unlearned"], m["target"], m["retain"]
-            json.dump(m, open(os.path.join(res, f"{method}-{name}.json"), "w"), indent=1)
+            write_json(os.path.join(res, f"{method}-{name}.json"), m)
         best = select(results, target["model_utility"], retain["forget_Q_A_Prob"])
         selected[method] = dict(setting=best, flags=dict(settings(method))[best],
                                 forget_quality=results[best]["forget_quality"],
                                 model_utility=results[best]["model_utility"],
                                 target_model_utility=target["model_utility"])
-        json.dump(selected, open(path, "w"), indent=1)
+        write_json(path, selected)
         print(f"{method}: {best} (forget quality {results[best]['forget_quality']:.3g}, "
               f"model utility {results[best]['model_utility']:.3f})", flush=True)
     table(res)

@@ -40,5 +40,19 @@ def test_seed_table(tmp_path):
     alter = next(line for line in text.splitlines() if line.startswith("| alter |"))
     npo = next(line for line in text.splitlines() if line.startswith("| npo |"))
     assert "0.4 ± 0.14" in alter and "0.5 ± 0.14" in alter, alter   # FQ (0.5, 0.3), MU (0.6, 0.4)
-    assert npo.endswith("| 1/2 / 1/2 |"), npo                      # FQ 0.5 > 0.1, 0.3 < 0.4; MU 0.6 < 0.7, 0.4 > 0.2
+    assert npo.endswith("| 1/0/1; 1/0/1 |"), npo  # FQ 0.5 > 0.1, 0.3 < 0.4; MU 0.6 < 0.7, 0.4 > 0.2
+    assert table.versus([0.9, 0.5, 0.1, None], [0.9, 0.4, 0.2, 0.3]) == "1/1/1"  # above/equal/below; None skipped
     assert table.ms([1.0])[1] == 0.0 and table.ms([1.0, 3.0]) == pytest.approx((2.0, 2 ** 0.5))
+
+
+def test_finished_runs_are_reused_only_with_the_same_flags(tmp_path):
+    """runs.train skips a finished run only when its config.json holds the flags asked for."""
+    import runs
+    cfg = {"method": "alter", "lr_b": 0.001, "epochs": 10, "no_phase1": None, "lam": 0.0, "seed": 3}
+    json.dump(cfg, open(tmp_path / "config.json", "w"))
+    assert runs.same_flags(str(tmp_path), ["--method", "alter", "--lr-b", "0.001", "--epochs", "10", "--lam", "0",
+                                           "--seed", "3"])
+    assert runs.same_flags(str(tmp_path), ["--lr-b", "1e-3"])  # the same number, written otherwise
+    assert not runs.same_flags(str(tmp_path), ["--lr-b", "0.003"])
+    assert not runs.same_flags(str(tmp_path), ["--no-phase1"])
+    assert not runs.same_flags(str(tmp_path), ["--method", "npo"])

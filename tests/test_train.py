@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -382,11 +383,11 @@ def test_bare_tofu_command_offline_prints_the_plan_then_one_message(tmp_path):
     assert r.stderr.count("error:") == 1
 
 
-def test_relearning_attack(toy_run):
+def test_relearning_attack(toy_run, monkeypatch):
     """experiments/relearn.py: metrics.json names the run's target and retain checkpoints; the attack trains every
-    parameter of the deployed model (base weights, adapters, routers) on the even-numbered forget questions
-    only, and scores both halves before and after. With no step nothing may change; with steps the relearned
-    half's answers become more likely."""
+    parameter of the deployed model (base weights, adapters, routers) on a seeded half of each person's forget
+    questions and never sees the other half; its scores before the attack are the run's own per-item numbers
+    (items.jsonl); with steps the relearned half's answers become more likely."""
     import importlib.util
     spec = importlib.util.spec_from_file_location("relearn", os.path.join(ROOT, "experiments", "relearn.py"))
     relearn = importlib.util.module_from_spec(spec)
@@ -395,14 +396,28 @@ def test_relearning_attack(toy_run):
     assert os.path.isdir(m["checkpoints"]["target"]) and os.path.isdir(m["checkpoints"]["retain"])
     lm, tok = relearn.load(toy_run, "unlearned")
     adapter = next(mod for mod in lm.modules() if hasattr(mod, "lora_B"))
-    base, expert = adapter.base.weight, adapter.lora_B
-    before = {"base": base.detach().clone(), "B": expert.detach().clone()}
+    router = next(p for n, p in lm.named_parameters() if ".router." in n)
+    watched = {"base": adapter.base.weight, "B": adapter.lora_B, "router": router}
+    before = {k: p.detach().clone() for k, p in watched.items()}
     rows = [{"question": "Who is Ada?", "answer": "A painter from Oslo."}]
     losses = relearn.attack(lm, tok, rows, 3, 1e-3, "float32")
     assert len(losses) == 3 and losses[-1] < losses[0], losses
-    assert not torch.equal(base, before["base"]) and not torch.equal(expert, before["B"])
+    assert all(not torch.equal(p, before[k]) for k, p in watched.items())
     assert not any(p.requires_grad for p in lm.parameters())
-    none = relearn.relearn(toy_run, "unlearned", 0)
-    assert none["before"] == none["after"] and none["n_relearned"] == 4 and none["n_held_out"] == 4, none
+    cfg = json.load(open(os.path.join(toy_run, "config.json")))
+    real = relearn.forget_eval_rows("toy", "10", None, cfg["seed"])[:2]  # TOFU's MC rule (paraphrased vs perturbed)
+    assert 0 < relearn.score(lm, tok, real, cfg, "bfloat16")["prob"] < 1  # and under bf16 autocast
+    seen = []
+    monkeypatch.setattr(relearn, "attack", lambda lm, tok, rows, *a: seen.extend(r["question"] for r in rows) or [])
+    r = relearn.relearn(toy_run, "unlearned", 2)
+    forget = [it for it in map(json.loads, open(os.path.join(toy_run, "items.jsonl"))) if it["set"] == "forget"]
+    assert sorted(r["relearned"] + r["held_out"]) == list(range(len(forget))) == list(range(8))
+    assert seen == [forget[i]["question"] for i in r["relearned"]]  # the attack saw the relearned half alone
+    for half in ("relearned", "held_out"):
+        for k in ("prob", "rouge"):
+            want = np.mean([forget[i][k] for i in r[half]])
+            assert abs(r["before"][half][k] - want) < 1e-5, (half, k, r["before"][half][k], want)
+    monkeypatch.undo()
+    assert relearn.relearn(toy_run, "target", 0)["before"]["held_out"]["prob"] > r["before"]["held_out"]["prob"]
     r = relearn.relearn(toy_run, "unlearned", 5, lr=1e-3)
     assert r["after"]["relearned"]["prob"] > r["before"]["relearned"]["prob"], r
