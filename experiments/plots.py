@@ -85,7 +85,7 @@ def answer_entropies(run):
     run = os.path.join(ROOT, run)
     cfg = json.load(open(os.path.join(run, "config.json")))
     head = json.loads(read(os.path.join(run, "adapter.safetensors"), metadata=True)[1]["run"])
-    path = json.load(open(os.path.join(run, "metrics.json")))["checkpoints"]["target"]
+    path = head["base_model"]  # the target: ALTER's adapter sits on it
     model, tok = GPT.from_pretrained(path, verbose=False).eval(), Tokenizer.from_pretrained(path)
     tok.system = cfg["system_prompt"]
     bench, pct = cfg["forget"].split("_")[0], cfg["forget"][-2:]
