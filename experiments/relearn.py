@@ -12,7 +12,8 @@ model (it never knew them) is what fine-tuning on half of a person's facts teach
     python experiments/relearn.py RUN [RUN ...] --out results/x.json [--steps 10] [--lr LR]
 
 RUN: a train.py run folder (question-answer forgetting): its unlearned model (the adapter under the run's gate,
-or the saved full model); the target and retain rows use the run's models (metrics.json "checkpoints"). Scores
+or the saved full model). The runs of one call share their target and retain models (the same forget set, seed
+and models): the first run whose metrics.json names them ("checkpoints") gives them. Scores
 on each half, before and after: forget probability (exp of minus the mean answer-token NLL), ROUGE-L recall of
 greedy answers, and multiple-choice accuracy: on the toy its 4-option cloze questions about the same facts
 (toy_mc, as the forget MC accuracy of the toy's tables), on TOFU by likelihood: the paraphrased answer beats
@@ -180,14 +181,19 @@ def main():
         p.error("give run folders and --out (or --table FILE ...)")
     set_threads(args)
     res = json.load(open(args.out)) if os.path.exists(args.out) else {}
+    has = lambda r: (json.load(open(os.path.join(r, "metrics.json"))).get("checkpoints") or {}).get("retain")
+    refs = next((r for r in args.runs if has(r)), None)  # where the target and retain models are named
+    if refs is None:
+        p.error("none of the runs' metrics.json names its target and retain checkpoints")
     for run in args.runs:
         name = os.path.basename(os.path.normpath(run))
         for which in ("target", "retain", "unlearned"):
             key = name if which == "unlearned" else which
+            src = run if which == "unlearned" else refs
             done = res.get(key, {})
-            if (done.get("steps"), done.get("lr"), done.get("seed")) == (args.steps, attack_lr(run, args.lr), 0):
+            if (done.get("steps"), done.get("lr"), done.get("seed")) == (args.steps, attack_lr(src, args.lr), 0):
                 continue  # done (the target and retain once: every run of a file shares them)
-            res[key] = relearn(run, which, args.steps, args.lr)
+            res[key] = relearn(src, which, args.steps, args.lr)
             a, b = res[key]["before"]["held_out"], res[key]["after"]["held_out"]
             print(f"{key}: held-out prob {a['prob']:.3f} -> {b['prob']:.3f}, ROUGE {a['rouge']:.3f} -> "
                   f"{b['rouge']:.3f}, MC acc {a['mc_acc']:.3f} -> {b['mc_acc']:.3f}", flush=True)
