@@ -58,13 +58,16 @@ def table(root, first=("alter",), last=(), per_group=False):
         wins = "–" if r in ["alter"] + refs or not both else \
             "; ".join(versus([alter[g][k] for g in both], [runs[r][g][k] for g in both])
                       for k in ("forget_quality", "model_utility"))
-        for name, gs in ([(f"{g}: {r}", [g]) for g in groups] if per_group else []) + [(r, groups)]:
+        lines_of = [(f"{g}: {r}", [g]) for g in groups] if per_group else []
+        if not per_group or len(groups) > 1:
+            lines_of.append((r, groups))  # the mean over groups
+        for name, gs in lines_of:
             cell = lambda k: "{:.3g} ± {:.2g}".format(*ms([runs[r][g][k] for g in gs])) if len(gs) > 1 else \
                 f"{runs[r][gs[0]][k]:.3g}"
             ratio = ms([runs[r][g]["model_utility"] / runs["target"][g]["model_utility"] for g in gs])
             lines.append(f"| {'**' + name + '**' if per_group and len(gs) > 1 else name} | {len(gs)} | " +
                          " | ".join(cell(k) for k, _ in keys) + f" | {ratio[0]:.2f}" +
-                         (f" ± {ratio[1]:.2f}" if len(gs) > 1 else "") + f" | {wins if len(gs) > 1 else ''} |")
+                         (f" ± {ratio[1]:.2f}" if len(gs) > 1 else "") + f" | {wins if gs is groups else ''} |")
     text = "\n".join(lines) + "\n"
     open(os.path.join(root, "table.md"), "w").write(text)
     return text

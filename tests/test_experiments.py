@@ -42,6 +42,9 @@ def test_seed_table(tmp_path):
     assert "0.4 ± 0.14" in alter and "0.5 ± 0.14" in alter, alter   # FQ (0.5, 0.3), MU (0.6, 0.4)
     assert npo.endswith("| 1/0/1; 1/0/1 |"), npo  # FQ 0.5 > 0.1, 0.3 < 0.4; MU 0.6 < 0.7, 0.4 > 0.2
     assert table.versus([0.9, 0.5, 0.1, None], [0.9, 0.4, 0.2, 0.3]) == "1/1/1"  # above/equal/below; None skipped
+    lines = table.table(str(tmp_path), per_group=True).splitlines()
+    assert [line.split(" |")[0] for line in lines if "npo" in line] == ["| s0: npo", "| s1: npo", "| **npo**"]
+    assert next(line for line in lines if line.startswith("| s1: npo")).split(" | ")[2:4] == ["0.4", "0.2"]
     assert table.ms([1.0])[1] == 0.0 and table.ms([1.0, 3.0]) == pytest.approx((2.0, 2 ** 0.5))
 
 
