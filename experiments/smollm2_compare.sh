@@ -32,4 +32,4 @@ for k in ${PAIRS:-9 0 1}; do
   python experiments/relearn.py "$out/alter" "$out/npo" "$out/gd" --out "$res/relearn.json" --threads "${THREADS:-0}"
 done
 python experiments/table.py results/smollm2_compare --per-group
-python experiments/relearn.py --table results/smollm2_compare/p*/relearn.json
+python experiments/relearn.py --table results/smollm2_compare/p*/relearn.json | tee results/smollm2_compare/relearn.md
