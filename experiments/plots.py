@@ -1,5 +1,5 @@
 """The README's pictures (matplotlib: pip install -r requirements-plots.txt), written to results/plots/:
-  fq_vs_mu.png   forget quality (log scale) against model utility: every method and seed of the toy
+  fq_vs_mu.png   forget quality (log scale) against model utility: every method (not the ablations) and seed of the toy
                  (results/toy_seeds, experiments/toy_seeds.py) and every method and forget pair of the real model
                  (results/smollm2_compare, experiments/smollm2_compare.sh), the target and retain models marked;
   entropy.png    S_q of the target model's next-token distribution at the answer tokens of the forget and the
@@ -53,8 +53,8 @@ def fq_vs_mu():
               ("SmolLM2-135M: forget pairs", points(os.path.join(ROOT, "results", "smollm2_compare")))]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
     for ax, (title, groups) in zip(axes, panels):
-        runs = sorted({r for g in groups.values() for r in g} - {"target", "retain"},
-                      key=lambda r: (not r.startswith("alter"), "-" in r, r))
+        runs = sorted({r for g in groups.values() for r in g if "-" not in r} - {"target", "retain"},
+                      key=lambda r: (r != "alter", r))  # the methods (the ablations are in the tables)
         colors = dict(zip(runs, plt.cm.tab20(np.linspace(0, 1, max(len(runs), 2)))))
         for r in ["target", "retain"] + runs:
             xs = [max(g[r]["forget_quality"], 1e-12) for g in groups.values() if r in g]
