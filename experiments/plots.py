@@ -5,7 +5,8 @@
   entropy.png    S_q of the target model's next-token distribution at the answer tokens of the forget and the
                  retain questions, with the threshold theta (the paper's Observation II): the toy (seed 0) and
                  SmolLM2 (forget01), from the ALTER runs of those experiments (their target models, out/);
-  losses.png     the loss parts of the toy seed-0 ALTER run, step by step, Phase I then Phase II (its log).
+  losses.png     the loss parts of the toy seed-0 ALTER run, step by step, Phase I then Phase II (its log, kept in
+                 results/plots/losses.txt).
     python experiments/plots.py
 """
 import json
@@ -126,9 +127,14 @@ def entropy():
 
 
 def losses():
+    """From the run's log in out/, whose step lines are kept in results/plots/losses.txt for when out/ is gone."""
+    kept = os.path.join(OUT, "losses.txt")
+    if os.path.exists(os.path.join(ROOT, LOSS_LOG)):
+        steps = [ln for ln in open(os.path.join(ROOT, LOSS_LOG)) if re.match(r"phase \d epoch", ln)]
+        open(kept, "w").writelines(steps)
     line = re.compile(r"phase (\d) epoch \d+ step (\d+) \| loss [-\d.]+ \((.*?)\) \|")
     curves = {}
-    for m in map(line.search, open(os.path.join(ROOT, LOSS_LOG))):
+    for m in map(line.search, open(kept)):
         if m:
             for part in m.group(3).split(", "):
                 k, v = part.rsplit(" ", 1)

@@ -1,12 +1,14 @@
 """What the toy experiments share: run train.py (or evaluate.py) once per folder, resumably, and read the
-metrics back. A run that finished (metrics.json) with the same flags is skipped, so an interrupted experiment goes on
-where it stopped; one that ran with other flags (say, a new selection) runs again."""
+metrics back. A run whose committed record (results/...json) or run folder (out/, metrics.json) holds the same flags
+is skipped, so an interrupted experiment goes on where it stopped, in another sitting too; one that ran with other
+flags (say, after a new selection) runs again."""
 import json
 import os
 import subprocess
 import sys
 
 sys.path.insert(0, os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")))  # the project
+from metrics import write_json  # noqa: E402
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 TOY = ["--forget", "toy_forget10", "--model", "tiny"]
@@ -27,22 +29,33 @@ def same_flags(out, flags):
     return True
 
 
-def train(out, flags, seed, threads=0):
-    """python train.py on the toy benchmark into `out` (skipped when it has finished with the same flags); its
-    metrics."""
-    if not os.path.exists(os.path.join(out, "metrics.json")) or not same_flags(out, flags + ["--seed", str(seed)]):
+def train(out, flags, seed, threads=0, record=None):
+    """python train.py on the toy benchmark into `out`; its metrics, with the flags it ran with. Skipped when
+    `record` (the committed copy under results/, which outlives out/) holds the same flags, or when `out` has
+    finished with them; the metrics are then copied to `record`."""
+    flags = flags + ["--seed", str(seed)]
+    if record and os.path.exists(record) and json.load(open(record)).get("flags") == flags:
+        return json.load(open(record))
+    if not os.path.exists(os.path.join(out, "metrics.json")) or not same_flags(out, flags):
         os.makedirs(os.path.dirname(out), exist_ok=True)
-        cmd = [sys.executable, "train.py", *TOY, "--seed", str(seed), "--threads", str(threads), "--out", out,
-               "--overwrite", "--log-every", "1", *flags]
+        cmd = [sys.executable, "train.py", *TOY, "--threads", str(threads), "--out", out, "--overwrite",
+               "--log-every", "1", *flags]
         print("==", " ".join(cmd[1:]), flush=True)
         with open(out + ".log", "w") as log:
             subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=True)
-    return json.load(open(os.path.join(out, "metrics.json")))
+    m = {**json.load(open(os.path.join(out, "metrics.json"))), "flags": flags}
+    if record:
+        os.makedirs(os.path.dirname(record), exist_ok=True)
+        write_json(record, m)
+    return m
 
 
-def gate(run, gate_name, threads=0):
-    """The adapter of a finished ALTER run evaluated again under another gate (evaluate.py --gate); the
-    run's metrics with the unlearned row replaced."""
+def gate(run, gate_name, flags, threads=0, record=None):
+    """The adapter of a finished ALTER run (trained with `flags`) evaluated again under another gate
+    (evaluate.py --gate): the run's metrics with the unlearned row replaced. Skipped as train() is."""
+    flags = flags + ["--gate", gate_name]
+    if record and os.path.exists(record) and json.load(open(record)).get("flags") == flags:
+        return json.load(open(record))
     out = os.path.join(run, gate_name)
     if not os.path.exists(os.path.join(out, "metrics.json")):
         cmd = [sys.executable, "evaluate.py", "--adapter", run, "--gate", gate_name, "--threads", str(threads),
@@ -50,4 +63,7 @@ def gate(run, gate_name, threads=0):
         with open(out + ".log", "w") as log:
             subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=True)
     m = json.load(open(os.path.join(run, "metrics.json")))
-    return {**m, "unlearned": json.load(open(os.path.join(out, "metrics.json")))}
+    m = {**m, "unlearned": json.load(open(os.path.join(out, "metrics.json"))), "flags": flags}
+    if record:
+        write_json(record, m)
+    return m

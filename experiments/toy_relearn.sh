@@ -12,7 +12,10 @@ run=out/toy_tune/alter/$(python -c "import json; print(json.load(open('results/t
 for lr in 1e-4 3e-4 1e-3 3e-3; do
   python experiments/relearn.py "$run" --lr "$lr" --out "results/toy_relearn/calibration_lr$lr.json" \
     --threads "${THREADS:-0}"
-  echo "attack lr $lr"; python experiments/relearn.py --table "results/toy_relearn/calibration_lr$lr.json"
+done
+for lr in 1e-4 3e-4 1e-3 3e-3; do
+  printf '\nattack learning rate %s\n\n' "$lr"
+  python experiments/relearn.py --table "results/toy_relearn/calibration_lr$lr.json"
 done > results/toy_relearn/calibration.md
 for s in ${SEEDS:-0 1 2 3 4}; do
   runs=()

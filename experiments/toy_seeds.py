@@ -10,7 +10,6 @@ import json
 import os
 
 from runs import ROOT, gate, train
-from metrics import write_json
 from table import table
 
 SEEDS = (0, 1, 2, 3, 4)
@@ -23,15 +22,20 @@ ABLATIONS = {"alter-no-phase1": ["--no-phase1"], "alter-no-struct": ["--lam", "0
 
 
 def run(name, seed, selected, threads):
-    """One run's metrics (train.py, or evaluate.py for a gate ablation)."""
+    """One run's metrics (train.py, or evaluate.py for a gate ablation), recorded under results/toy_seeds."""
     out = os.path.join(ROOT, "out", "toy_seeds", f"s{seed}")
+    record = os.path.join(ROOT, "results", "toy_seeds", f"s{seed}", f"{name}.json")
     if name in selected:
-        return train(os.path.join(out, name), selected[name]["flags"], seed, threads)
+        return train(os.path.join(out, name), selected[name]["flags"], seed, threads, record)
     extra = ABLATIONS[name]
     if isinstance(extra, str):  # the ALTER run's adapter under another gate
-        run("alter", seed, selected, threads)
-        return gate(os.path.join(out, "alter"), extra, threads)
-    return train(os.path.join(out, name), selected["alter"]["flags"] + extra, seed, threads)
+        alter = selected["alter"]["flags"] + ["--seed", str(seed)]
+        if not (os.path.exists(record) and json.load(open(record)).get("flags") == alter + ["--gate", extra]):
+            run("alter", seed, selected, threads)
+            if not os.path.exists(os.path.join(out, "alter", "metrics.json")):  # its record alone: train it again
+                train(os.path.join(out, "alter"), selected["alter"]["flags"], seed, threads)
+        return gate(os.path.join(out, "alter"), extra, alter, threads, record)
+    return train(os.path.join(out, name), selected["alter"]["flags"] + extra, seed, threads, record)
 
 
 def main():
@@ -46,10 +50,7 @@ def main():
         if name not in selected and name not in ABLATIONS:
             raise SystemExit(f"unknown run {name!r}: not selected by toy_tune.py nor an ablation")
         for seed in args.seeds:
-            m = run(name, seed, selected, args.threads)
-            res = os.path.join(ROOT, "results", "toy_seeds", f"s{seed}")
-            os.makedirs(res, exist_ok=True)
-            write_json(os.path.join(res, f"{name}.json"), m)
+            run(name, seed, selected, args.threads)
     print(table(os.path.join(ROOT, "results", "toy_seeds"), first=MAIN, last=ABLATIONS))
 
 

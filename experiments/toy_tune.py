@@ -56,9 +56,9 @@ def main():
     for method in args.methods:
         results = {}
         for name, flags in settings(method):
-            m = train(os.path.join(ROOT, "out", "toy_tune", method, name), flags, VALIDATION_SEED, args.threads)
+            m = train(os.path.join(ROOT, "out", "toy_tune", method, name), flags, VALIDATION_SEED, args.threads,
+                      record=os.path.join(res, f"{method}-{name}.json"))
             results[name], target, retain = m["unlearned"], m["target"], m["retain"]
-            write_json(os.path.join(res, f"{method}-{name}.json"), m)
         best = select(results, target["model_utility"], retain["forget_Q_A_Prob"])
         selected[method] = dict(setting=best, flags=dict(settings(method))[best],
                                 forget_quality=results[best]["forget_quality"],

@@ -59,3 +59,19 @@ def test_finished_runs_are_reused_only_with_the_same_flags(tmp_path):
     assert not runs.same_flags(str(tmp_path), ["--lr-b", "0.003"])
     assert not runs.same_flags(str(tmp_path), ["--no-phase1"])
     assert not runs.same_flags(str(tmp_path), ["--method", "npo"])
+
+
+def test_committed_records_are_reused_only_with_the_same_flags(tmp_path, monkeypatch):
+    """runs.train reads a run's committed record (results/) when it holds the same flags, so an experiment goes on
+    in a new sitting without out/; other flags start train.py."""
+    import runs
+    calls = []
+    monkeypatch.setattr(runs.subprocess, "run", lambda cmd, **kw: calls.append(cmd) or (_ for _ in ()).throw(
+        RuntimeError("would train")))
+    record = tmp_path / "alter.json"
+    json.dump({"flags": ["--lr-b", "0.001", "--seed", "3"], "unlearned": {"forget_quality": 0.5}}, open(record, "w"))
+    m = runs.train(str(tmp_path / "out" / "alter"), ["--lr-b", "0.001"], 3, record=str(record))
+    assert m["unlearned"]["forget_quality"] == 0.5 and not calls
+    with pytest.raises(RuntimeError, match="would train"):
+        runs.train(str(tmp_path / "out" / "alter"), ["--lr-b", "0.003"], 3, record=str(record))
+    assert "--lr-b" in calls[0] and "0.003" in calls[0]
