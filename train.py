@@ -145,7 +145,7 @@ class Env:
     ctx: object         # the autocast context of every forward
     t_start: float      # when the run started (time.time())
     t_models: float = 0.0  # seconds spent on the target and retain models
-    checkpoints: dict = None  # where the target and retain models are (metrics.json; experiments/relearn.py)
+    checkpoints: dict = None  # where the target and retain models are (their rows' "checkpoint"; relearn.py)
 
 
 def start(args, task):
@@ -393,9 +393,8 @@ def evaluate_unlearned(model, run, data, rows, reference, t_train, task, tok, ar
     rows[args.method].update(train_seconds=round(t_train, 1),
                              trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
                              model_seconds=round(env.t_models, 1), total_seconds=round(time.time() - env.t_start, 1))
-    write_json(os.path.join(task.out, "metrics.json"), {"unlearned": rows[args.method], "target": rows["target"],
-                                                       **({"retain": rows["retain"]} if "retain" in rows else {}),
-                                                       "checkpoints": env.checkpoints})
+    refs = {k: {**rows[k], "checkpoint": env.checkpoints[k]} for k in ("target", "retain") if k in rows}
+    write_json(os.path.join(task.out, "metrics.json"), {"unlearned": rows[args.method], **refs})
     write_jsonl(os.path.join(task.out, "items.jsonl"), items)
     keys = [k.format(forget=args.forget) for k in SHOWN[task.kind]] + ["train_seconds", "trainable_params"]
     print()

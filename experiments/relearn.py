@@ -13,7 +13,7 @@ model (it never knew them) is what fine-tuning on half of a person's facts teach
 
 RUN: a train.py run folder (question-answer forgetting): its unlearned model (the adapter under the run's gate,
 or the saved full model). The runs of one call share their target and retain models (the same forget set, seed
-and models): the first run whose metrics.json names them ("checkpoints") gives them. Scores
+and models): the first run whose metrics.json names them (the rows' "checkpoint") gives them. Scores
 on each half, before and after: forget probability (exp of minus the mean answer-token NLL), ROUGE-L recall of
 greedy answers, and multiple-choice accuracy: on the toy its 4-option cloze questions about the same facts
 (toy_mc, as the forget MC accuracy of the toy's tables), on TOFU by likelihood: the paraphrased answer beats
@@ -41,14 +41,19 @@ from plan import device_and_dtype, set_threads  # noqa: E402
 from tokenizer import Tokenizer  # noqa: E402
 
 
+def checkpoint(m, which):
+    """Where a run's target or retain model is (metrics.json: its row's "checkpoint"; earlier runs: "checkpoints")."""
+    return (m.get(which) or {}).get("checkpoint") or (m.get("checkpoints") or {}).get(which)
+
+
 def load(run, which):
     """(model as deployed, tokenizer) of a run: which = "unlearned", "target" or "retain"."""
     m = json.load(open(os.path.join(run, "metrics.json")))
     adapter = os.path.join(run, "adapter.safetensors")
     if which != "unlearned":
-        path = (m.get("checkpoints") or {}).get(which)
+        path = checkpoint(m, which)
         if not path:
-            raise ValueError(f"{run}/metrics.json names no {which} checkpoint (a run from before 'checkpoints')")
+            raise ValueError(f"{run}/metrics.json names no {which} checkpoint (a run from before they were recorded)")
         model = GPT.from_pretrained(path, verbose=False)
         return model, Tokenizer.from_pretrained(path)
     if not os.path.exists(adapter):
@@ -181,7 +186,7 @@ def main():
         p.error("give run folders and --out (or --table FILE ...)")
     set_threads(args)
     res = json.load(open(args.out)) if os.path.exists(args.out) else {}
-    has = lambda r: (json.load(open(os.path.join(r, "metrics.json"))).get("checkpoints") or {}).get("retain")
+    has = lambda r: checkpoint(json.load(open(os.path.join(r, "metrics.json"))), "retain")
     refs = next((r for r in args.runs if has(r)), None)  # where the target and retain models are named
     if refs is None:
         p.error("none of the runs' metrics.json names its target and retain checkpoints")

@@ -393,7 +393,7 @@ def test_relearning_attack(toy_run, monkeypatch):
     relearn = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(relearn)
     m = json.load(open(os.path.join(toy_run, "metrics.json")))
-    assert os.path.isdir(m["checkpoints"]["target"]) and os.path.isdir(m["checkpoints"]["retain"])
+    assert os.path.isdir(m["target"]["checkpoint"]) and os.path.isdir(m["retain"]["checkpoint"])
     lm, tok = relearn.load(toy_run, "unlearned")
     adapter = next(mod for mod in lm.modules() if hasattr(mod, "lora_B"))
     router = next(p for n, p in lm.named_parameters() if ".router." in n)
