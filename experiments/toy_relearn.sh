@@ -8,7 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p results/toy_relearn
-run=out/toy_tune/alter/$(python -c "import json; print(json.load(open('results/toy_tune/selected.json'))['alter']['setting'])")
+setting=$(python -c "import json; print(json.load(open('results/toy_tune/selected.json'))['alter']['setting'])")
+run=out/toy_tune/alter/$setting
 for lr in 1e-4 3e-4 1e-3 3e-3; do
   python experiments/relearn.py "$run" --lr "$lr" --out "results/toy_relearn/calibration_lr$lr.json" \
     --threads "${THREADS:-0}"
