@@ -37,7 +37,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from data.batching import batches, collate, label_logps
+from data.batching import batches, label_logps
 from entropy import head_entropy
 from checkpoint import read_safetensors, write_safetensors
 from model import GPT
@@ -350,52 +350,6 @@ class GatedLM(nn.Module):
 
     generate = GPT.generate
 
-
-@torch.no_grad()
-def gate_report(lm, examples, pad_id, labels=None, batch_size=16, device="cpu", ou_mask=False):
-    """What the gate of GatedLM `lm` does on the answer tokens of (ids, n_prompt) examples (every token but the
-    first of a text window): the share marked high-entropy under lm.theta, and the expert that each block's
-    gates weigh most (its top-1; the router's argmax except under the oracle gate), as shares of the tokens
-    and blocks. labels: each example's sub-domain expert, or None (no sub-domain) - then `sub_domain_acc` is
-    the share of the labelled rows' tokens whose top-1 is their sub-domain's expert, at low-entropy tokens
-    (where the forget experts act) and at all. ou_mask: open-unlearning's attention mask (evaluate.MASK_RULES),
-    as the scores of the same examples use it."""
-    E = lm.model.alter_config.n_total
-    top = torch.zeros(2, E)  # top-1 counts over blocks: [low, high] x expert
-    hit, hit_n = torch.zeros(2), torch.zeros(2)  # sub-domain hits, labelled tokens: [low, all]
-    blocks = {}  # block -> [low-entropy tokens to a forget expert, low-entropy tokens, their sub-domain hits, labelled]
-    labels = labels if labels is not None else [None] * len(examples)
-    for i in range(0, len(examples), batch_size):
-        b = collate(examples[i:i + batch_size], pad_id, device)
-        x, am, pos = b["x"], b["mask"], None
-        if ou_mask:
-            am, pos = am.bool() & (x != pad_id), torch.arange(x.size(1), device=x.device)[None]
-        ans = b["y"] != -100
-        lm(x, attention_mask=am, position_ids=pos, keep=ans)
-        high = lm.route.high if lm.route.high is not None else lm.high_entropy(x, am, position_ids=pos)
-        lab = torch.tensor([-1 if d is None else d for d in labels[i:i + batch_size]], device=x.device)[:, None]
-        for block, g in lm.route.gates.items():
-            choice = g.argmax(-1)  # (B, T)
-            for k, where in enumerate((ans & ~high, ans & high)):
-                top[k] += torch.bincount(choice[where], minlength=E).cpu().float()
-            for k, where in enumerate((ans & ~high & (lab >= 0), ans & (lab >= 0))):
-                hit[k] += (choice[where] == lab.expand_as(choice)[where]).sum().item()
-                hit_n[k] += where.sum().item()
-            low, low_lab = ans & ~high, ans & ~high & (lab >= 0)
-            c = blocks.setdefault(block, torch.zeros(4))
-            c += torch.tensor([(choice[low] > 0).sum().item(), low.sum().item(),
-                               (choice[low_lab] == lab.expand_as(choice)[low_lab]).sum().item(), low_lab.sum().item()])
-    share = lambda a, b: round(float(a / b), 4) if b > 0 else None
-    n = top.sum()
-    out = {"tokens": int(n.item() / max(1, len(lm.route.gates))), "high": share(top[1].sum(), n),
-           "low_to_forget": share(top[0, 1:].sum(), top[0].sum()),
-           "high_to_forget": share(top[1, 1:].sum(), top[1].sum()),
-           "usage": [share(u, n) for u in top.sum(0)],
-           "low_to_forget_by_block": [share(c[0], c[1]) for _, c in sorted(blocks.items())]}
-    if hit_n[1] > 0:
-        out.update(sub_domain_acc_low=share(hit[0], hit_n[0]), sub_domain_acc=share(hit[1], hit_n[1]),
-                   sub_domain_acc_low_by_block=[share(c[2], c[3]) for _, c in sorted(blocks.items())])
-    return out
 
 # -----------------------------------------------------------------------------
 # sub-domains: k-means (cosine) on the frozen model's mean-pooled last hidden states

@@ -25,7 +25,6 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from alter import gate_report
 from data.batching import collate, collate_prompts, encode_qa
 from data.benchmarks import load_split
 from data.forget_sets import pair_rows
@@ -277,46 +276,6 @@ def muse_like(lm, tok, bench, data_dir, limit, batch_size, device, pct="10", see
     return summary, items
 
 
-def routing_diagnostics(lm, tok, benches, data_dir=None, limit=None, batch_size=16, device="cpu", seed=0,
-                        mask_rule="ou", extra=None, forget_pair=None):
-    """How an ALTER model's gate routes (alter.gate_report) the answer tokens of every evaluated question-answer
-    set: forget (its answers, which are the forget training rows, paraphrased and perturbed answers), retain,
-    real authors, world facts; plus `extra` {name: (examples, labels)} (train.py adds the training rows of text
-    forgetting). A forget row's label is its question's sub-domain (lm.experts). {set: report}."""
-    sets = dict(extra or {})
-    for bench in benches:
-        if bench.startswith(("tofu_", "toy_forget")):
-            b, pct = bench.split("_")[0], bench[-2:]
-            L = lambda name: load_split(f"{b}_{name}", data_dir, seed)[:limit]
-            f = forget_eval_rows(b, pct, data_dir, seed, forget_pair)[:limit]
-            for name, rows, key in (("forget", f, "answer"), ("forget_paraphrased", f, "paraphrased_answer"),
-                                    ("forget_perturbed", f, "perturbed_answer"), ("retain", L("retain_perturbed"),
-                                    "answer"), ("real_authors", L("real_authors_perturbed"), "answer"),
-                                    ("world_facts", L("world_facts_perturbed"), "answer")):
-                ex = encode_qa(tok, rows, key)
-                sets[name] = (ex, [lm.expert_of(*e) for e in ex])
-            if lm.experts and all(d is None for d in sets["forget"][1]):
-                raise ValueError("no forget question matches the adapter's sub-domains (its forget questions' "
-                                 "prompt ids): another system prompt, forget set or --forget-pair than the run's?")
-    return {name: gate_report(lm, ex, tok.pad_id, labels, batch_size, device, mask_rule == "ou")
-            for name, (ex, labels) in tqdm(sets.items(), desc="routing", leave=False, disable=None)}
-
-
-def print_routing(report, lm):
-    """The routing diagnostics as a short block."""
-    print(f"\nrouting: gate {lm.gate}, S_{lm.q:g} > theta {lm.theta:.3f} is high-entropy; top-1 expert of each block's "
-          f"gates (0 = B_r), shares over answer tokens and blocks")
-    print(f"{'set':<20}{'tokens':>8}{'high':>7}{'low->B_f':>10}{'high->B_f':>11}{'->B_r':>7}{'sub-domain acc':>16}  "
-          "usage by expert")
-    fmt = lambda v: "n/a" if v is None else f"{v:.2f}"
-    for name, r in report.items():
-        acc = f"{fmt(r['sub_domain_acc_low'])} / {fmt(r['sub_domain_acc'])}" if "sub_domain_acc" in r else ""
-        print(f"{name:<20}{r['tokens']:>8}{fmt(r['high']):>7}{fmt(r['low_to_forget']):>10}"
-              f"{fmt(r['high_to_forget']):>11}{fmt(r['usage'][0]):>7}{acc:>16}  {' '.join(map(fmt, r['usage']))}")
-    print("(low->B_f: low-entropy tokens whose top-1 is a forget expert; sub-domain acc: low-entropy / all tokens "
-          "whose top-1 is their question's sub-domain)")
-
-
 BENCHES = ("tofu_forget01", "tofu_forget05", "tofu_forget10", "toy_forget01", "toy_forget05", "toy_forget10",
            "mmlu", "wmdp_bio", "wmdp_cyber", "wmdp_chem", "toy_mc", "muse_news", "muse_books", "toy_muse")
 
@@ -455,6 +414,7 @@ def main(argv=None):
         fail(f"--limit must be at least 1, got {args.limit}")
     from alter import GatedLM, load_adapter
     from checkpoint import read_safetensors
+    from routing import print_routing, routing_diagnostics
     from model import GPT, linear_weights_in
     from plan import device_and_dtype, model_width, set_threads
     from tokenizer import Tokenizer

@@ -28,7 +28,8 @@ from alter import GatedLM, save_adapter
 from checkpoint import resolve_checkpoint
 from data.batching import batch_indices, collate
 from data.forget_sets import RETAIN_OF, unlearning_examples
-from evaluate import evaluate, print_routing, print_table, routing_diagnostics
+from evaluate import evaluate, print_table
+from routing import print_routing, routing_diagnostics
 from finetune import cache_path, cached_finetune, model_id, settings_key
 from methods import METHODS, Flag, UnlearningData, method_flags
 from metrics import apply_reference, write_json, write_jsonl
@@ -406,7 +407,7 @@ def evaluate_unlearned(model, run, data, rows, reference, t_train, task, tok, ar
 
 
 def diagnose(lm, run, data, task, tok, args, env, n_windows=64):
-    """Routing diagnostics (evaluate.routing_diagnostics) on the evaluated question-answer sets, and for text
+    """Routing diagnostics (routing.routing_diagnostics) on the evaluated question-answer sets, and for text
     forgetting on the first n_windows forget (with their sub-domains) and retain training windows."""
     extra = {} if not task.text else {
         "forget_train": (data.forget[:n_windows], run["expert"][:n_windows]),

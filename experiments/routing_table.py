@@ -1,7 +1,7 @@
 """One markdown table of unlearning and routing numbers from metrics.json files:
     python experiments/routing_table.py DIR      (DIR/<group>/<run>.json, or DIR/<run>.json)
 A file is train.py's metrics.json (its unlearned row; the target and retain rows are shown once per group) or
-evaluate.py's (one row). Routing columns come from its "routing" block (alter.gate_report)."""
+evaluate.py's (one row). Routing columns come from its "routing" block (routing.gate_report)."""
 import json
 import os
 import sys

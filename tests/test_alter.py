@@ -9,11 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from alter import (AlterConfig, GatedLM, Route, a_loss, attach, adapter_params, backward, cluster, gate_report, ihl,
-                   load_adapter, routing_ce, save_adapter, seq_logp, struct_kl, trainable_summary)
+from alter import (AlterConfig, GatedLM, Route, a_loss, attach, adapter_params, backward, cluster, ihl, load_adapter,
+                   routing_ce, save_adapter, seq_logp, struct_kl, trainable_summary)
 from entropy import head_entropy
 from methods import hparams, method_loss, npo
 from rmu import layer_output, rmu
+from routing import gate_report
 from model import GPT, GPTConfig
 
 V = 61
