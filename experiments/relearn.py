@@ -42,8 +42,8 @@ from tokenizer import Tokenizer  # noqa: E402
 
 
 def checkpoint(m, which):
-    """Where a run's target or retain model is (metrics.json: its row's "checkpoint"; earlier runs: "checkpoints")."""
-    return (m.get(which) or {}).get("checkpoint") or (m.get("checkpoints") or {}).get(which)
+    """Where a run's target or retain model is: its row's "checkpoint" in metrics.json (train.py)."""
+    return (m.get(which) or {}).get("checkpoint")
 
 
 def load(run, which):

@@ -29,13 +29,19 @@ def same_flags(out, flags):
     return True
 
 
+def recorded(record, flags):
+    """The committed record (results/...json) of a run with these flags, or None."""
+    m = json.load(open(record)) if record and os.path.exists(record) else {}
+    return m if m.get("flags") == flags else None
+
+
 def train(out, flags, seed, threads=0, record=None):
     """python train.py on the toy benchmark into `out`; its metrics, with the flags it ran with. Skipped when
     `record` (the committed copy under results/, which outlives out/) holds the same flags, or when `out` has
     finished with them; the metrics are then copied to `record`."""
     flags = flags + ["--seed", str(seed)]
-    if record and os.path.exists(record) and json.load(open(record)).get("flags") == flags:
-        return json.load(open(record))
+    if recorded(record, flags):
+        return recorded(record, flags)
     if not os.path.exists(os.path.join(out, "metrics.json")) or not same_flags(out, flags):
         os.makedirs(os.path.dirname(out), exist_ok=True)
         cmd = [sys.executable, "train.py", *TOY, "--threads", str(threads), "--out", out, "--overwrite",
@@ -54,8 +60,8 @@ def gate(run, gate_name, flags, threads=0, record=None):
     """The adapter of a finished ALTER run (trained with `flags`) evaluated again under another gate
     (evaluate.py --gate): the run's metrics with the unlearned row replaced. Skipped as train() is."""
     flags = flags + ["--gate", gate_name]
-    if record and os.path.exists(record) and json.load(open(record)).get("flags") == flags:
-        return json.load(open(record))
+    if recorded(record, flags):
+        return recorded(record, flags)
     out = os.path.join(run, gate_name)
     if not os.path.exists(os.path.join(out, "metrics.json")):
         cmd = [sys.executable, "evaluate.py", "--adapter", run, "--gate", gate_name, "--threads", str(threads),

@@ -9,7 +9,7 @@ import argparse
 import json
 import os
 
-from runs import ROOT, gate, train
+from runs import ROOT, gate, recorded, train
 from table import table
 
 SEEDS = (0, 1, 2, 3, 4)
@@ -30,7 +30,7 @@ def run(name, seed, selected, threads):
     extra = ABLATIONS[name]
     if isinstance(extra, str):  # the ALTER run's adapter under another gate
         alter = selected["alter"]["flags"] + ["--seed", str(seed)]
-        if not (os.path.exists(record) and json.load(open(record)).get("flags") == alter + ["--gate", extra]):
+        if not recorded(record, alter + ["--gate", extra]):
             run("alter", seed, selected, threads)
             if not os.path.exists(os.path.join(out, "alter", "metrics.json")):  # its record alone: train it again
                 train(os.path.join(out, "alter"), selected["alter"]["flags"], seed, threads)
