@@ -40,8 +40,8 @@ def train(out, flags, seed, threads=0, record=None):
     `record` (the committed copy under results/, which outlives out/) holds the same flags, or when `out` has
     finished with them; the metrics are then copied to `record`."""
     flags = flags + ["--seed", str(seed)]
-    if recorded(record, flags):
-        return recorded(record, flags)
+    if m := recorded(record, flags):
+        return m
     if not os.path.exists(os.path.join(out, "metrics.json")) or not same_flags(out, flags):
         os.makedirs(os.path.dirname(out), exist_ok=True)
         cmd = [sys.executable, "train.py", *TOY, "--threads", str(threads), "--out", out, "--overwrite",
@@ -60,8 +60,8 @@ def gate(run, gate_name, flags, threads=0, record=None):
     """The adapter of a finished ALTER run (trained with `flags`) evaluated again under another gate
     (evaluate.py --gate): the run's metrics with the unlearned row replaced. Skipped as train() is."""
     flags = flags + ["--gate", gate_name]
-    if recorded(record, flags):
-        return recorded(record, flags)
+    if m := recorded(record, flags):
+        return m
     out = os.path.join(run, gate_name)
     if not os.path.exists(os.path.join(out, "metrics.json")):
         cmd = [sys.executable, "evaluate.py", "--adapter", run, "--gate", gate_name, "--threads", str(threads),

@@ -1,8 +1,10 @@
 """Every method and every ALTER ablation over five seeds of the toy benchmark, at the settings that
 experiments/toy_tune.py selected on its validation world. Each seed draws new toy people and trains new target
 and retain models. Writes results/toy_seeds/s<seed>/<run>.json as each run ends (resumable) and
-results/toy_seeds/table.md (experiments/table.py: mean ± standard deviation over the seeds, paired wins).
-    python experiments/toy_seeds.py [--threads N] [--seeds 0 1 2 3 4] [RUN ...]   (about 2 minutes a run, 1 core)
+results/toy_seeds/table.md (experiments/table.py: mean ± standard deviation over the seeds, and ALTER above /
+equal to / below each run seed by seed).
+    python experiments/toy_seeds.py [--threads N] [--seeds 0 1 2 3 4] [RUN ...]
+(on one core: about 4 minutes for a seed's target and retain models, then about a minute a run)
 RUN: a method of toy_tune.py's selection or an ablation below (default: all, the main methods first).
 """
 import argparse
@@ -30,10 +32,8 @@ def run(name, seed, selected, threads):
     extra = ABLATIONS[name]
     if isinstance(extra, str):  # the ALTER run's adapter under another gate
         alter = selected["alter"]["flags"] + ["--seed", str(seed)]
-        if not recorded(record, alter + ["--gate", extra]):
-            run("alter", seed, selected, threads)
-            if not os.path.exists(os.path.join(out, "alter", "metrics.json")):  # its record alone: train it again
-                train(os.path.join(out, "alter"), selected["alter"]["flags"], seed, threads)
+        if not recorded(record, alter + ["--gate", extra]):  # the gate needs the adapter itself, in out/
+            train(os.path.join(out, "alter"), selected["alter"]["flags"], seed, threads)
         return gate(os.path.join(out, "alter"), extra, alter, threads, record)
     return train(os.path.join(out, name), selected["alter"]["flags"] + extra, seed, threads, record)
 

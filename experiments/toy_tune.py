@@ -9,7 +9,7 @@ The validation world is the toy benchmark drawn with seed VALIDATION_SEED: other
 models than the seeds whose results are reported (experiments/toy_seeds.py, seeds 0-4), so no reported number is
 selected on itself. Writes results/toy_tune/grid.md (every setting) and results/toy_tune/selected.json.
 Resumable (experiments/runs.py).
-    python experiments/toy_tune.py [--threads N] [METHOD ...]   (about 2 minutes a setting on one core)
+    python experiments/toy_tune.py [--threads N] [METHOD ...]   (one core: about a minute a setting)
 """
 import argparse
 import json
