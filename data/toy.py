@@ -154,7 +154,7 @@ def build(seed=0):
     """All toy splits, deterministically from `seed` (one random.Random, consumed in a fixed order)."""
     rng = random.Random(seed)
     people = _people(rng)
-    trained, holdout = people[:N_PEOPLE], people[N_PEOPLE:]
+    trained = people[:N_PEOPLE]
     qa = [[_qa(rng, p, fi) for fi in range(len(FACTS))] for p in people]
     out = {"toy_full": [r for rows in qa[:N_PEOPLE] for r in rows]}
     for pct, k in FORGET_PEOPLE.items():

@@ -6,7 +6,6 @@ Run: python -m pytest -q tests/test_data.py
 import json
 
 import pytest
-import torch
 
 from data import toy
 from data.batching import batch_indices, collate, collate_prompts, encode_qa, encode_text
