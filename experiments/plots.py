@@ -4,7 +4,8 @@
                  (results/smollm2_compare, experiments/smollm2_compare.sh), the target and retain models marked;
   entropy.png    S_q of the target model's next-token distribution at the answer tokens of the forget and the
                  retain questions, with the threshold theta (the paper's Observation II): the toy (seed 0) and
-                 SmolLM2 (forget01), from the ALTER runs of those experiments (their target models, out/);
+                 SmolLM2 (forget01), from the ALTER runs of those experiments (their target models, out/; without
+                 them the committed picture is kept);
   losses.png     the loss parts of the toy seed-0 ALTER run, step by step, Phase I then Phase II (its log, kept in
                  results/plots/losses.txt).
     python experiments/plots.py
@@ -102,12 +103,14 @@ def answer_entropies(run):
 
 
 def entropy():
+    """Needs both ALTER runs in out/; without them the committed picture and its numbers are kept."""
+    missing = [run for run in ENTROPY_RUNS.values() if not os.path.exists(os.path.join(ROOT, run, "metrics.json"))]
+    if missing:
+        print(f"entropy.png kept as it is: {', '.join(missing)} not found (run the experiment to make it)")
+        return False
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     stats = {}
     for ax, (title, run) in zip(axes, ENTROPY_RUNS.items()):
-        if not os.path.exists(os.path.join(ROOT, run, "metrics.json")):
-            ax.set_title(f"{title}: run {run} not found")
-            continue
         H, q, theta = answer_entropies(run)
         bins = np.linspace(0, max(h.max() for h in H.values()), 40)
         for name, h in H.items():
@@ -124,6 +127,7 @@ def entropy():
     fig.tight_layout()
     fig.savefig(os.path.join(OUT, "entropy.png"), dpi=110)
     write_json(os.path.join(OUT, "entropy.json"), stats)
+    return True
 
 
 def losses():
@@ -155,6 +159,6 @@ def losses():
 if __name__ == "__main__":
     os.makedirs(OUT, exist_ok=True)
     fq_vs_mu()
-    entropy()
+    made = entropy()
     losses()
-    print(f"wrote {OUT}/fq_vs_mu.png, entropy.png (entropy.json), losses.png")
+    print(f"wrote {OUT}/fq_vs_mu.png, " + ("entropy.png (entropy.json), " if made else "") + "losses.png")
