@@ -37,9 +37,9 @@ def versus(a, b):
 
 
 def ms(values):
-    """Mean and sample standard deviation (0 for one value)."""
+    """Mean and sample standard deviation (0 for one value, and for equal values: not a rounding residue)."""
     v = np.array(values, dtype=float)
-    return v.mean(), v.std(ddof=1) if len(v) > 1 else 0.0
+    return v.mean(), v.std(ddof=1) if len(v) > 1 and np.ptp(v) > 0 else 0.0
 
 
 def table(root, first=("alter",), last=(), per_group=False):
