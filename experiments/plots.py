@@ -64,6 +64,9 @@ def fq_vs_mu():
             style = dict(target=dict(marker="X", s=90, c="black"), retain=dict(marker="*", s=150, c="gold",
                                                                               edgecolors="black"))
             ax.scatter(xs, ys, label=r, alpha=0.85, **style.get(r, dict(marker="o", s=36, color=colors.get(r))))
+            if len(groups) <= 3 and r != "retain":  # few groups (forget pairs): name each point
+                for g, x, y in zip([g for g in groups if r in groups[g]], xs, ys):
+                    ax.annotate(g, (x, y), xytext=(4, 3), textcoords="offset points", fontsize=7)
         ax.set_xscale("log")
         ax.set_xlabel("forget quality (KS p-value, log scale) →")
         ax.set_ylabel("model utility →")
@@ -104,9 +107,17 @@ def answer_entropies(run):
 
 def entropy():
     """Needs both ALTER runs in out/; without them the committed picture and its numbers are kept."""
-    missing = [run for run in ENTROPY_RUNS.values() if not os.path.exists(os.path.join(ROOT, run, "metrics.json"))]
+    def present(run):  # the run and the target model its adapter sits on (out/cache)
+        run = os.path.join(ROOT, run)
+        if not all(os.path.exists(os.path.join(run, f)) for f in ("metrics.json", "config.json",
+                                                                  "adapter.safetensors")):
+            return False
+        from checkpoint import read_safetensors
+        head = json.loads(read_safetensors(os.path.join(run, "adapter.safetensors"), metadata=True)[1]["run"])
+        return os.path.exists(os.path.join(ROOT, head["base_model"]))
+    missing = [run for run in ENTROPY_RUNS.values() if not present(run)]
     if missing:
-        print(f"entropy.png kept as it is: {', '.join(missing)} not found (run the experiment to make it)")
+        print(f"entropy.png kept as it is: {', '.join(missing)} (or its target model) not found")
         return False
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     stats = {}

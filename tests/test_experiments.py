@@ -46,6 +46,7 @@ def test_seed_table(tmp_path):
     assert [line.split(" |")[0] for line in lines if "npo" in line] == ["| s0: npo", "| s1: npo", "| **npo**"]
     assert next(line for line in lines if line.startswith("| s1: npo")).split(" | ")[2:4] == ["0.4", "0.2"]
     assert table.ms([1.0])[1] == 0.0 and table.ms([1.0, 3.0]) == pytest.approx((2.0, 2 ** 0.5))
+    assert table.ms([0.7401451021720236] * 3)[1] == 0.0  # equal values: 0, not numpy's rounding residue
 
 
 def test_finished_runs_are_reused_only_with_the_same_flags(tmp_path):
