@@ -20,6 +20,7 @@ MAIN = ("alter", "npo", "gd", "rmu")  # ALTER and the baselines of the relearnin
 ABLATIONS = {"alter-no-phase1": ["--no-phase1"], "alter-no-struct": ["--lam", "0"], "alter-shannon": ["--q", "1"],
              "alter-soft-gates": ["--train-gate", "soft"], "alter-a-position": ["--a-grad", "position"],
              "alter-token-router": ["--router-input", "token", "--lr-router", "1e-3"],
+             "alter-token-router-fast": ["--router-input", "token"], "alter-router-slow": ["--lr-router", "1e-3"],
              "alter-router-gate": "router", "alter-oracle-gate": "oracle"}
 
 
