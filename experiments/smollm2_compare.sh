@@ -9,7 +9,7 @@
 # result is copied to results/smollm2_compare/ as it ends; a run recorded there with its attack, or finished in out/,
 # is skipped.
 # Usage: [MODEL=dir] [DATA=dir] [PAIRS="9 0 1"] [THREADS=0] bash experiments/smollm2_compare.sh
-#   (about 50 minutes a pair on 2 CPU cores)
+#   (about 50 minutes a pair on 2 CPU cores; two pairs side by side, THREADS=1 each: 95 minutes for both)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${MODEL:-HuggingFaceTB/SmolLM2-135M-Instruct}
