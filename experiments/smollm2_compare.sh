@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # ALTER against the two strongest baselines (NPO, GradDiff) on the real model, forget pair by forget pair: the
-# reduced SmolLM2 protocol of experiments/smollm2_tofu.sh (10 authors: the forget pair and the first 8 retain
+# reduced SmolLM2 protocol (experiments/smollm2_protocol.sh: 10 authors: the forget pair and the first 8 retain
 # authors; first 40 items of every eval set) on pairs of TOFU forget10's authors (--forget-pair K; 9 is forget01's
 # own pair); then the relearning attack (experiments/relearn.py) on the three and on the target and retain models.
 # NPO and GradDiff are the baselines that kept utility and forgot on the toy's tuning and on the first real-model
@@ -12,10 +12,8 @@
 #   (about 50 minutes a pair on 2 CPU cores; two pairs side by side, THREADS=1 each: 95 minutes for both)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-MODEL=${MODEL:-HuggingFaceTB/SmolLM2-135M-Instruct}
-data=(${DATA:+--data-dir "$DATA"})
-common=(--forget tofu_forget01 --model "$MODEL" "${data[@]}" --authors 10 --eval-limit 40
-        --ft-epochs 5 --ft-lr 1e-4 --ft-batch-size 8 --epochs 5 --threads "${THREADS:-0}")
+source experiments/smollm2_protocol.sh  # MODEL, data, and the protocol's flags: common
+common+=(--threads "${THREADS:-0}")
 for k in ${PAIRS:-9 0 1}; do
   out=out/smollm2_compare/p$k
   res=results/smollm2_compare/p$k

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # ALTER's routing on the real model, forget pair by forget pair: the reduced SmolLM2 protocol of
-# experiments/smollm2_tofu.sh (10 authors: the forget pair and the first 8 retain authors; first 40 items of every
+# experiments/smollm2_protocol.sh (10 authors: the forget pair and the first 8 retain authors; first 40 items of every
 # eval set), on pairs of TOFU forget10's authors (--forget-pair K; 9 is forget01's own pair). For each pair: ALTER
 # as it is (prefix router), its adapter re-evaluated with the oracle and router gates, and ALTER with the token-only
 # router at the experts' learning rate (the router before the fix). Resumable: a finished run (metrics.json) is
@@ -8,10 +8,7 @@
 # Usage: [MODEL=dir] [DATA=dir] [PAIRS="9 0"] bash experiments/smollm2_pairs.sh   (about 40 minutes a pair, 2 cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-MODEL=${MODEL:-HuggingFaceTB/SmolLM2-135M-Instruct}
-data=(${DATA:+--data-dir "$DATA"})
-common=(--forget tofu_forget01 --model "$MODEL" "${data[@]}" --authors 10 --eval-limit 40
-        --ft-epochs 5 --ft-lr 1e-4 --ft-batch-size 8 --epochs 5)
+source experiments/smollm2_protocol.sh  # MODEL, data, and the protocol's flags: common
 for k in ${PAIRS:-9 0}; do
   out=out/smollm2_pairs/p$k
   res=results/smollm2_pairs/p$k

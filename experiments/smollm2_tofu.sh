@@ -6,11 +6,7 @@
 # that unlearn badly answer every question with 200 tokens, which makes their evaluation the slowest part)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# MODEL: hub id or checkpoint directory; DATA: a local copy of the benchmark files (default: the HF hub)
-MODEL=${MODEL:-HuggingFaceTB/SmolLM2-135M-Instruct}
-data=(${DATA:+--data-dir "$DATA"})
-common=(--forget tofu_forget01 --model "$MODEL" "${data[@]}" --authors 10 --eval-limit 40
-        --ft-epochs 5 --ft-lr 1e-4 --ft-batch-size 8 --epochs 5)
+source experiments/smollm2_protocol.sh  # MODEL, data, and the protocol's flags: common
 runs=(
   "alter"
   "asymlora --method asymlora"
