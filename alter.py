@@ -30,6 +30,7 @@ B_r. `gate_report` says how a gate routed a set of examples (the routing diagnos
 """
 import json
 import math
+import os
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
@@ -258,6 +259,14 @@ def save_adapter(model, path, extra=None):
     write_safetensors(path, {n: p.detach().float() for n, p in adapter_params(model)}, meta)
 
 
+def adapter_header(path):
+    """The run settings train.py wrote into an adapter's header (train.save_product; {} if none). path: the
+    .safetensors file or its run folder."""
+    if not path.endswith(".safetensors"):
+        path = os.path.join(path, "adapter.safetensors")
+    return json.loads(read_safetensors(path, metadata=True)[1].get("run", "{}"))
+
+
 def load_adapter(model, path):
     """Attach adapters as saved in `path` to a base model and load them. Fails naming any mismatch."""
     saved, meta = read_safetensors(path, metadata=True)
@@ -286,6 +295,11 @@ class GatedLM(nn.Module):
     After each pass, `route` holds that pass's gates (per block) and high-entropy mask. Works with GPT.generate."""
 
     GATES = ("entropy", "router", "oracle")
+
+    @classmethod
+    def from_header(cls, model, run):
+        """As an adapter's run header (adapter_header) says: its q, theta, gate and forget questions' experts."""
+        return cls(model, run["q"], run["theta"], run["gate"], {tuple(p): d for p, d in run.get("experts", [])})
 
     def __init__(self, model, q=1.5, theta=1.2, gate="entropy", experts=None):
         super().__init__()

@@ -17,7 +17,6 @@ Writes metrics.json (summary, open-unlearning's key names), items.jsonl (per-ite
 import argparse
 import json
 import os
-import sys
 import time
 
 import numpy as np
@@ -405,18 +404,12 @@ def main(argv=None):
     p.add_argument("--mask", default=None, choices=MASK_RULES,
                    help="TOFU/MUSE attention mask: ou (open-unlearning: EOS tokens = pad are masked) or padding")
     args = p.parse_args(argv)
-
-    def fail(msg):
-        print(f"error: {msg}", file=sys.stderr)
-        sys.exit(2)
-
+    from plan import device_and_dtype, fail, model_width, set_threads
     if args.limit is not None and args.limit < 1:
         fail(f"--limit must be at least 1, got {args.limit}")
-    from alter import GatedLM, load_adapter
-    from checkpoint import read_safetensors
+    from alter import GatedLM, adapter_header, load_adapter
     from routing import print_routing, routing_diagnostics
     from model import GPT, linear_weights_in
-    from plan import device_and_dtype, model_width, set_threads
     from tokenizer import Tokenizer
     try:
         run, run_dir = {}, None
@@ -424,7 +417,7 @@ def main(argv=None):
             path = args.adapter if args.adapter.endswith(".safetensors") else \
                 os.path.join(args.adapter, "adapter.safetensors")
             run_dir = os.path.dirname(path)
-            run = json.loads(read_safetensors(path, metadata=True)[1].get("run", "{}"))
+            run = adapter_header(path)
         args.model = args.model or run.get("base_model")
         args.bench = args.bench or ",".join(run.get("benches", []))
         if args.limit is None and args.per_subject is None and args.bench == ",".join(run.get("benches", [])):
@@ -452,7 +445,7 @@ def main(argv=None):
         lm = model
         if args.adapter:
             load_adapter(model, path)
-            lm = GatedLM(model, s["q"], s["theta"], s["gate"], {tuple(p): d for p, d in run.get("experts", [])})
+            lm = GatedLM.from_header(model, {**run, **s})  # the header's settings, as overridden here
             print(f"evaluating {args.bench} (limit {args.limit}) of {args.model} with the adapter {path}")
         tok.system = s["system_prompt"]
         print(tok.describe())

@@ -19,19 +19,18 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from alter import a_loss, adapter_params, backward, cluster, load_adapter  # noqa: E402
+from alter import a_loss, adapter_header, adapter_params, backward, cluster, load_adapter  # noqa: E402
 from data.forget_sets import RETAIN_OF  # noqa: E402
 from methods import method_loss  # noqa: E402
 from data.batching import batch_indices, collate, encode_qa  # noqa: E402
 from data.benchmarks import load_split  # noqa: E402
 from entropy import pad_profile, profile  # noqa: E402
-from checkpoint import read_safetensors  # noqa: E402
 from model import GPT  # noqa: E402
 from tokenizer import Tokenizer  # noqa: E402
 
 run_dir = sys.argv[1] if len(sys.argv) > 1 else "out/toy_table/alter"
 cfg = json.load(open(os.path.join(run_dir, "config.json")))
-run = json.loads(read_safetensors(os.path.join(run_dir, "adapter.safetensors"), metadata=True)[1]["run"])
+run = adapter_header(run_dir)
 model = GPT.from_pretrained(run["base_model"], verbose=False).eval()
 tok = Tokenizer.from_pretrained(run["base_model"])
 pct = cfg["forget"][-2:]

@@ -80,7 +80,7 @@ def fq_vs_mu():
 def answer_entropies(run):
     """S_q at the answer tokens of the forget and retain evaluation questions, under the run's target model;
     and the run's (q, theta used)."""
-    from checkpoint import read_safetensors as read
+    from alter import adapter_header
     from data.batching import encode_qa
     from data.benchmarks import load_split
     from entropy import profile
@@ -89,7 +89,7 @@ def answer_entropies(run):
     from tokenizer import Tokenizer
     run = os.path.join(ROOT, run)
     cfg = json.load(open(os.path.join(run, "config.json")))
-    head = json.loads(read(os.path.join(run, "adapter.safetensors"), metadata=True)[1]["run"])
+    head = adapter_header(run)
     path = head["base_model"]  # the target: ALTER's adapter sits on it
     model, tok = GPT.from_pretrained(path, verbose=False).eval(), Tokenizer.from_pretrained(path)
     tok.system = cfg["system_prompt"]
@@ -112,9 +112,8 @@ def entropy():
         if not all(os.path.exists(os.path.join(run, f)) for f in ("metrics.json", "config.json",
                                                                   "adapter.safetensors")):
             return False
-        from checkpoint import read_safetensors
-        head = json.loads(read_safetensors(os.path.join(run, "adapter.safetensors"), metadata=True)[1]["run"])
-        return os.path.exists(os.path.join(ROOT, head["base_model"]))
+        from alter import adapter_header
+        return os.path.exists(os.path.join(ROOT, adapter_header(run)["base_model"]))
     missing = [run for run in ENTROPY_RUNS.values() if not present(run)]
     if missing:
         print(f"entropy.png kept as it is: {', '.join(missing)} (or its target model) not found")

@@ -30,8 +30,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")))
-from alter import GatedLM, load_adapter  # noqa: E402
-from checkpoint import read_safetensors  # noqa: E402
+from alter import GatedLM, adapter_header, load_adapter  # noqa: E402
 from data.batching import collate, encode_qa  # noqa: E402
 from data.benchmarks import load_split  # noqa: E402
 from evaluate import avg_nll, eval_mc_cloze, forget_eval_rows, generate, token_logps  # noqa: E402
@@ -59,10 +58,10 @@ def load(run, which):
     if not os.path.exists(adapter):
         path = os.path.join(run, "model")
         return GPT.from_pretrained(path, verbose=False), Tokenizer.from_pretrained(path)
-    h = json.loads(read_safetensors(adapter, metadata=True)[1]["run"])
+    h = adapter_header(adapter)
     model = GPT.from_pretrained(h["base_model"], verbose=False)
     load_adapter(model, adapter)
-    lm = GatedLM(model, h["q"], h["theta"], h["gate"], {tuple(p): d for p, d in h.get("experts", [])})
+    lm = GatedLM.from_header(model, h)
     return lm, Tokenizer.from_pretrained(h["base_model"])
 
 
