@@ -52,6 +52,14 @@ def check_mask_rule(mask_rule):
         raise ValueError(f"unknown mask rule {mask_rule!r}; valid: {', '.join(MASK_RULES)}")
 
 
+def score_mask(x, mask, pad_id, mask_rule):
+    """(attention_mask, position_ids) of a scoring forward: "ou" hides every pad (= EOS) token, positions
+    0..T-1; "padding" hides padding alone, positions from the mask (the model's default)."""
+    if mask_rule == "ou":
+        return mask.bool() & (x != pad_id), torch.arange(x.size(1), device=x.device)[None]
+    return mask, None
+
+
 def _by_length(n_items, lengths, batch_size):
     """Batches of indices, longest first so padding is small, of at most batch_size items and
     MAX_BATCH_TOKENS padded tokens; the caller puts results back in place."""
@@ -75,11 +83,8 @@ def token_logps(lm, examples, pad_id, batch_size=16, device="cpu", desc="score",
     for idx in tqdm(_by_length(len(examples), lengths, batch_size), desc=desc, leave=False, disable=None):
         b = collate([examples[i] for i in idx], pad_id, device)
         lab = b["y"] != -100  # logits at the labelled positions alone: (n, V), row by row
-        if mask_rule == "ou":
-            pos = torch.arange(b["x"].size(1), device=b["x"].device)[None]
-            logits, _ = lm(b["x"], attention_mask=b["mask"].bool() & (b["x"] != pad_id), position_ids=pos, keep=lab)
-        else:
-            logits, _ = lm(b["x"], attention_mask=b["mask"], keep=lab)
+        am, pos = score_mask(b["x"], b["mask"], pad_id, mask_rule)
+        logits, _ = lm(b["x"], attention_mask=am, position_ids=pos, keep=lab)
         logp = -F.cross_entropy(logits.float(), b["y"][lab], reduction="none").cpu()  # (n,)
         for i, lp in zip(idx, logp.split(lab.sum(1).tolist())):
             out[i] = lp

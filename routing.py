@@ -9,17 +9,17 @@ from tqdm import tqdm
 
 from data.batching import collate, encode_qa
 from data.benchmarks import load_split
-from evaluate import forget_eval_rows
+from evaluate import forget_eval_rows, score_mask
 
 
 @torch.no_grad()
-def gate_report(lm, examples, pad_id, labels=None, batch_size=16, device="cpu", ou_mask=False):
+def gate_report(lm, examples, pad_id, labels=None, batch_size=16, device="cpu", mask_rule="padding"):
     """What the gate of GatedLM `lm` does on the answer tokens of (ids, n_prompt) examples (every token but the
     first of a text window): the share marked high-entropy under lm.theta, and the expert that each block's
     gates weigh most (its top-1; the router's argmax except under the oracle gate), as shares of the tokens
     and blocks. labels: each example's sub-domain expert, or None (no sub-domain) - then `sub_domain_acc` is
     the share of the labelled rows' tokens whose top-1 is their sub-domain's expert, at low-entropy tokens
-    (where the forget experts act) and at all. ou_mask: open-unlearning's attention mask (evaluate.MASK_RULES),
+    (where the forget experts act) and at all. mask_rule: the attention mask (evaluate.MASK_RULES),
     as the scores of the same examples use it."""
     E = lm.model.alter_config.n_total
     top = torch.zeros(2, E)  # top-1 counts over blocks: [low, high] x expert
@@ -28,9 +28,8 @@ def gate_report(lm, examples, pad_id, labels=None, batch_size=16, device="cpu", 
     labels = labels if labels is not None else [None] * len(examples)
     for i in range(0, len(examples), batch_size):
         b = collate(examples[i:i + batch_size], pad_id, device)
-        x, am, pos = b["x"], b["mask"], None
-        if ou_mask:
-            am, pos = am.bool() & (x != pad_id), torch.arange(x.size(1), device=x.device)[None]
+        x = b["x"]
+        am, pos = score_mask(x, b["mask"], pad_id, mask_rule)
         ans = b["y"] != -100
         lm(x, attention_mask=am, position_ids=pos, keep=ans)
         high = lm.route.high if lm.route.high is not None else lm.high_entropy(x, am, position_ids=pos)
@@ -80,7 +79,7 @@ def routing_diagnostics(lm, tok, benches, data_dir=None, limit=None, batch_size=
             if lm.experts and all(d is None for d in sets["forget"][1]):
                 raise ValueError("no forget question matches the adapter's sub-domains (its forget questions' "
                                  "prompt ids): another system prompt, forget set or --forget-pair than the run's?")
-    return {name: gate_report(lm, ex, tok.pad_id, labels, batch_size, device, mask_rule == "ou")
+    return {name: gate_report(lm, ex, tok.pad_id, labels, batch_size, device, mask_rule)
             for name, (ex, labels) in tqdm(sets.items(), desc="routing", leave=False, disable=None)}
 
 
