@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from alter import (AlterConfig, Route, a_loss, adapter_params, alter_loss, attach, backward, cluster, forget_ihl,
-                   masks, nll, routing_ce, seq_logp, trainable_summary)
+                   labelled_forward, masks, nll, routing_ce, seq_logp, trainable_summary)
 from checkpoint import resolve_checkpoint
 from data.forget_sets import TEXT_FORGETS
 from data.batching import batches
@@ -208,8 +208,8 @@ def asymlora_loss(model, batch, phase, hp):
     + mu * routing CE, teacher-forced gates."""
     forget, retain, labels = masks(batch)
     with model.routing(Route("teacher", labels=labels, mask=batch["mask"])) as route:
-        logits, _ = model(batch["x"], attention_mask=batch["mask"])
-    parts = {"ihl": forget_ihl(logits, batch["y"], forget, batch["expert"]), "retain": nll(logits, batch["y"], retain),
+        logits, lab, y = labelled_forward(model, batch)
+    parts = {"ihl": forget_ihl(logits, y, forget[lab], labels[lab]), "retain": nll(logits, y, retain[lab]),
              "route": routing_ce(route, labels, batch["mask"].bool())}
     return hp.beta * parts["ihl"] + hp.gamma * parts["retain"] + hp.mu * parts["route"], parts
 
@@ -224,17 +224,17 @@ def lora_prepare(model, data, args, device, log):
 
 def grad_diff(model, batch, phase, hp):
     """-NLL(forget) + gamma * NLL(retain) (GradDiff; also plain LoRA's loss)."""
-    logits, _ = model(batch["x"], attention_mask=batch["mask"])
+    logits, lab, y = labelled_forward(model, batch)
     forget, retain, _ = masks(batch)
-    parts = {"forget_nll": nll(logits, batch["y"], forget), "retain": nll(logits, batch["y"], retain)}
+    parts = {"forget_nll": nll(logits, y, forget[lab]), "retain": nll(logits, y, retain[lab])}
     return -parts["forget_nll"] + hp.gamma * parts["retain"], parts
 
 
 def grad_ascent(model, batch, phase, hp):
     """-NLL(forget)."""
-    logits, _ = model(batch["x"], attention_mask=batch["mask"])
+    logits, lab, y = labelled_forward(model, batch)
     forget, _, _ = masks(batch)
-    parts = {"forget_nll": nll(logits, batch["y"], forget)}
+    parts = {"forget_nll": nll(logits, y, forget[lab])}
     return -parts["forget_nll"], parts
 
 

@@ -1,20 +1,26 @@
 """The speed mechanics give the same numbers as the plain computation: logits only at the kept positions, the
 gate's entropy a chunk at a time, Linear weights held in bf16 for a scope under bf16 autocast, ALTER's one-matmul
-isolation by data source; evaluation never asks for the (B, T, V) logits; --dtype auto and --threads choose
-as documented.
+isolation by data source, the training losses and the entropy profile on the labelled positions' logits alone;
+evaluation never asks for the (B, T, V) logits; --dtype auto and --threads choose as documented; freed memory is
+kept (no page faults for a buffer allocated again).
 
 Run: python -m pytest -q tests/test_speed.py
 """
 import argparse
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
 import evaluate
 import plan
-from alter import AlterConfig, GatedLM, OwnExperts, Route, attach
-from entropy import head_entropy, tsallis
+import torch.nn.functional as F
+
+from alter import AlterConfig, GatedLM, OwnExperts, Route, adapter_params, attach, forget_ihl, nll, routing_ce, struct_kl
+from entropy import head_entropy, profile, tsallis
+from methods import hparams, method_loss
 from model import GPT, GPTConfig, linear_weights_in
 
 
@@ -140,6 +146,99 @@ def test_evaluation_never_asks_for_every_positions_logits():
     spy.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=3, eos_token_id=[])
     assert calls and all(calls), calls
     assert all(calls_shape), calls_shape  # (n, V) logits for fewer positions than the batch holds
+
+
+def full_logits_loss(method, m, b, hp):
+    """The method's Phase II loss written on the full (B, T, V) logits with (B, T) masks (as it was computed
+    before the output layer ran at the labelled positions alone)."""
+    lab = b["y"] != -100
+    forget, retain = (b["expert"] > 0)[:, None] & lab, (b["expert"] == 0)[:, None] & lab
+    rows = b["expert"][:, None].expand_as(lab)
+    labels = torch.where(lab, rows, 0)
+    if method == "gd":
+        logits, _ = m(b["x"], attention_mask=b["mask"])
+        return -nll(logits, b["y"], forget) + hp.gamma * nll(logits, b["y"], retain)
+    high = b["high"] if method == "alter" else None
+    with m.routing(Route("teacher", labels=labels, high=high, rows=b["expert"] if high is not None else None,
+                         mask=b["mask"])) as route:
+        logits, _ = m(b["x"], attention_mask=b["mask"])
+    if method == "asymlora":
+        return hp.beta * forget_ihl(logits, b["y"], forget, rows) + hp.gamma * nll(logits, b["y"], retain) + \
+            hp.mu * routing_ce(route, labels, b["mask"].bool())
+    sel = high[lab]
+    return hp.beta * forget_ihl(logits, b["y"], forget & ~high, rows) + hp.gamma * nll(logits, b["y"], retain) + \
+        hp.mu * routing_ce(route, labels, b["mask"].bool()) + \
+        hp.lam * struct_kl(logits, b["top_ids"][sel], b["top_logp"][sel], lab & high)
+
+
+@pytest.mark.parametrize("method", ["alter", "asymlora", "gd"])
+def test_training_losses_run_the_output_layer_at_labelled_positions_only(method):
+    """Each method's loss and gradients equal the same terms on the full logits, and its output layer sees the
+    labelled positions alone."""
+    m = trained_adapter(tiny("gpt2")) if method != "gd" else tiny("gpt2")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 101, (4, 12), generator=g)
+    y = torch.randint(0, 101, (4, 12), generator=g)
+    mask = torch.ones_like(x)
+    y[:, :5] = -100  # prompts
+    y[1::2, -3:], mask[1::2, -3:] = -100, 0  # shorter rows: padding
+    lab = y != -100
+    b = {"x": x, "y": y, "mask": mask, "expert": torch.tensor([1, 0, 2, 0]),
+         "high": torch.rand(4, 12, generator=g) > 0.6, "gate": "teacher"}
+    if method == "alter":  # the base model's top-k at the labelled positions (struct_kl)
+        with torch.no_grad(), m.routing(Route("off")):
+            b["top_logp"], b["top_ids"] = torch.topk(F.log_softmax(m(x, attention_mask=mask)[0][lab], -1), 8, -1)
+    hp = hparams()
+    params = [p for _, p in adapter_params(m)] if method != "gd" else list(m.parameters())
+    rows_seen = []
+    hook = m.lm_head.register_forward_hook(lambda mod, inp, out: rows_seen.append(inp[0].shape[:-1].numel()))
+    loss, _ = method_loss(method, 2, m, b, hp)
+    hook.remove()
+    got = torch.autograd.grad(loss, params, allow_unused=True)
+    ref = full_logits_loss(method, m, b, hp)
+    want = torch.autograd.grad(ref, params, allow_unused=True)
+    assert rows_seen == [int(lab.sum())]
+    assert torch.allclose(loss, ref, atol=1e-6)
+    assert all((a is None and c is None) or torch.allclose(a, c, atol=1e-6) for a, c in zip(got, want))
+
+
+def test_entropy_profile_never_builds_every_positions_logits():
+    """profile's entropies and top-k equal the full logits' (tsallis and log_softmax written out), while its
+    output layer runs on rows of positions (head_entropy's chunks, a row's labelled positions), never (B, T)."""
+    m = tiny("gpt2")
+    examples = [([5, 6, 7, 8, 9, 10, 11], 3), ([5, 6, 7, 8], 1), ([9, 8, 7, 6, 5, 4], 4)]
+    dims = []
+    hook = m.lm_head.register_forward_hook(lambda mod, inp, out: dims.append(inp[0].dim()))
+    got = profile(m, examples, q=1.5, topk=4)
+    hook.remove()
+    assert dims and all(d == 2 for d in dims)  # (positions, C) rows, never the batch's (B, T, C)
+    for (ids, n_prompt), item in zip(examples, got):
+        with torch.no_grad():
+            logits, _ = m(torch.tensor([ids[:-1]]))
+        assert torch.allclose(item["H"], tsallis(logits[0], 1.5), atol=1e-6)
+        top = torch.topk(F.log_softmax(logits[0, n_prompt - 1:], -1), 4, -1)
+        assert torch.equal(item["top_ids"], top.indices.int())
+        assert torch.allclose(item["top_logp"].float(), top.values, atol=1e-2)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_freed_memory_is_kept():
+    """A 64 MB buffer freed and allocated again costs its pages again (page faults) unless keep_freed_memory
+    has told malloc to keep it: measured in fresh processes, with and without."""
+    code = ("import resource, sys, torch, plan\n"
+            "kept = plan.keep_freed_memory() if sys.argv[1] == '1' else None\n"
+            "torch.ones(16 << 20)\n"
+            "f = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+            "for _ in range(10):\n"
+            "    torch.ones(16 << 20)\n"
+            "print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f)\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run = lambda keep: subprocess.run([sys.executable, "-c", code, keep], capture_output=True, text=True, cwd=root,
+                                      check=True).stdout.split()
+    kept, faults = run("1")
+    _, faults_default = run("0")
+    pages = 10 * (64 << 20) // 4096  # 10 buffers of 64 MB in 4 KB pages
+    assert kept == "True" and int(faults) < pages // 4 and int(faults_default) > pages // 2
 
 
 def test_auto_dtype_and_threads(monkeypatch):
