@@ -90,12 +90,13 @@ def profile(model, examples, q=1.5, pad_id=0, batch_size=16, cache_dir=None, top
     for i in tqdm(range(0, len(examples), batch_size), desc=desc, leave=False, disable=None):
         chunk = examples[i:i + batch_size]
         b = collate(chunk, pad_id, device)
-        logits, _ = model(b["x"], attention_mask=b["mask"])
-        H = tsallis(logits, q)  # (B, T)
+        h = model(b["x"], attention_mask=b["mask"], hidden_only=True)
+        H = head_entropy(model.lm_head, h, q)  # (B, T); the (B, T, V) logits never exist at once
         for j, (ids, _) in enumerate(chunk):
             n = len(ids) - 1
             lab = (b["y"][j, :n] != -100)
-            top = torch.topk(F.log_softmax(logits[j, :n][lab].float(), -1), min(topk, logits.size(-1)), dim=-1)
+            logits = model.lm_head(h[j, :n][lab])  # (labelled positions, V)
+            top = torch.topk(F.log_softmax(logits.float(), -1), min(topk, logits.size(-1)), dim=-1)
             out.append({"H": H[j, :n].cpu().clone(), "top_ids": top.indices.int().cpu(),
                         "top_logp": top.values.half().cpu()})
     model.train(was_training)

@@ -409,7 +409,7 @@ def main(argv=None):
     p.add_argument("--mask", default=None, choices=MASK_RULES,
                    help="TOFU/MUSE attention mask: ou (open-unlearning: EOS tokens = pad are masked) or padding")
     args = p.parse_args(argv)
-    from plan import device_and_dtype, fail, model_width, set_threads
+    from plan import device_and_dtype, fail, keep_freed_memory, model_width, set_threads
     if args.limit is not None and args.limit < 1:
         fail(f"--limit must be at least 1, got {args.limit}")
     from alter import GatedLM, adapter_header, load_adapter
@@ -445,6 +445,7 @@ def main(argv=None):
         reference = retain_reference(benches, s, run_dir, args.limit)
         model = GPT.from_pretrained(args.model).to(args.device).eval()
         threads, why = set_threads(args)
+        keep_freed_memory()
         print(f"{args.device}, {s['dtype']}" + (f", {threads} CPU threads ({why})" if args.device == "cpu" else ""))
         tok = Tokenizer.from_pretrained(model.source)
         lm = model

@@ -14,6 +14,7 @@ from tqdm import tqdm
 from data.batching import batch_indices, collate
 from data.forget_sets import training_examples
 from model import GPT, TINY, GPTConfig
+from plan import release_freed_memory
 
 
 def main_process():
@@ -34,6 +35,8 @@ def cached_finetune(name, bench, which, tok, args, env, log=print):
         finetune(model.to(env.device), examples, args, env, name, log)
         model.save_pretrained(path + ".tmp")  # complete before it is visible: a killed run leaves no half model
         os.replace(path + ".tmp", path)
+        del model
+        release_freed_memory()
     if torch.distributed.is_initialized():  # the other processes wait for it
         torch.distributed.barrier()
     return GPT.from_pretrained(path, verbose=False).to(env.device).eval()

@@ -5,6 +5,7 @@ what will happen printed: models and their sizes, device and dtype, examples and
 (`estimate`, once the tokenizer and data are at hand) time and memory extrapolated from measured steps.
 Nothing is refused for being slow: the user decides.
 """
+import ctypes
 import json
 import math
 import os
@@ -253,6 +254,33 @@ def busy_cores(seconds=0.2):
     return round(busy)
 
 
+def keep_freed_memory():
+    """Have glibc's malloc keep freed memory for reuse instead of returning it to the kernel. By default every
+    buffer over 32 MB (the toy's 50,257-way logits and their gradients, each step) is a fresh mapping, and the
+    kernel zeroes each of its pages at first touch: on this project's machine 42,000 page faults per fine-tuning
+    step of the tiny model, 247 ms a step against 167 ms with the memory kept (README, "Speed"). Linux with
+    glibc only; elsewhere nothing changes. Returns whether it took effect."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (musl)
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # malloc.h
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, 1 << 30) and libc.mallopt(M_TRIM_THRESHOLD, 1 << 31))
+
+
+def release_freed_memory():
+    """Hand the memory kept since keep_freed_memory back to the kernel, at the end of a stage whose buffers
+    the next stage does not reuse (a fine-tuning: its heap, fragmented by batches of every length, would
+    otherwise stay under the evaluation's; the toy's peak 1.3 GB, 1.1 GB with this)."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+
+
 TORCH_THREADS = torch.get_num_threads()  # torch's own default (the physical cores), before any run changed it
 
 
@@ -294,6 +322,7 @@ def describe(args, bench, benches, out, standard, width):
     device, dtype = device_and_dtype(args, width)
     world = int(os.environ.get("WORLD_SIZE", 1))
     threads, why = set_threads(args)
+    keep_freed_memory()
     precision = "autocast" if dtype == "bfloat16" else "full precision"
     if args.dtype == "auto" and device == "cpu":
         precision += ", the CPU has native bf16" if dtype == "bfloat16" else \
