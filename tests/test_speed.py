@@ -224,21 +224,26 @@ def test_entropy_profile_never_builds_every_positions_logits():
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
 def test_freed_memory_is_kept():
     """A 64 MB buffer freed and allocated again costs its pages again (page faults) unless keep_freed_memory
-    has told malloc to keep it: measured in fresh processes, with and without."""
+    has told malloc to keep it: measured in fresh processes, with and without; release_freed_memory hands the
+    kept memory back (resident memory falls)."""
     code = ("import resource, sys, torch, plan\n"
+            "rss = lambda: int(open('/proc/self/statm').read().split()[1]) * 4096\n"
             "kept = plan.keep_freed_memory() if sys.argv[1] == '1' else None\n"
             "torch.ones(16 << 20)\n"
             "f = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
             "for _ in range(10):\n"
             "    torch.ones(16 << 20)\n"
-            "print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f)\n")
+            "faults, before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f, rss()\n"
+            "plan.release_freed_memory()\n"
+            "print(kept, faults, before - rss())\n")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     run = lambda keep: subprocess.run([sys.executable, "-c", code, keep], capture_output=True, text=True, cwd=root,
                                       check=True).stdout.split()
-    kept, faults = run("1")
-    _, faults_default = run("0")
+    kept, faults, released = run("1")
+    _, faults_default, _ = run("0")
     pages = 10 * (64 << 20) // 4096  # 10 buffers of 64 MB in 4 KB pages
     assert kept == "True" and int(faults) < pages // 4 and int(faults_default) > pages // 2
+    assert int(released) > 32 << 20
 
 
 def test_auto_dtype_and_threads(monkeypatch):
