@@ -463,9 +463,10 @@ def masks(batch):
 
 
 def labelled_forward(model, batch):
-    """The model's logits at the batch's labelled positions alone, (n, V) row-major, and (lab, y[lab]): every
-    training loss reads only these, and the output layer over all (B, T) positions, forward and backward, was
-    most of a small model's unlearning step (the toy's: 50,257-way, 4 of every 10 positions labelled)."""
+    """The model's logits at the batch's labelled positions alone, (n, V) row-major, and (lab, y[lab]): the
+    token-level losses (ALTER's, AsymLoRA's, GradDiff's, GA's) read only these, and the output layer over all
+    (B, T) positions, forward and backward, was most of a small model's unlearning step (the toy's: 50,257-way,
+    4 of every 10 positions labelled). NPO and SimNPO sum log-probs per row: they take the (B, T, V) logits."""
     lab = batch["y"] != -100
     logits, _ = model(batch["x"], attention_mask=batch["mask"], keep=lab)
     return logits, lab, batch["y"][lab]
@@ -492,14 +493,14 @@ def alter_loss(model, batch, phase, hp):
     else:
         route = Route(batch.get("gate", "teacher"), labels=labels, high=high, rows=expert, a_live=a_live, mask=mask)
     with model.routing(route):
-        logits, lab, y = labelled_forward(model, batch)  # logits (n, V); every mask below is taken at lab
+        logits, lab, y = labelled_forward(model, batch)  # logits (n, V); the masks below are taken at lab
     high, forget, retain = high[lab], forget[lab], retain[lab]
     if phase == 1:
         parts = {"nll_high": nll(logits, y, high)}
         return parts["nll_high"], parts
     # top_ids/top_logp are stored for the labelled positions in the same row-major order
     parts = {"ihl": forget_ihl(logits, y, forget & ~high, labels[lab]), "retain": nll(logits, y, retain),
-             "route": routing_ce(route, labels, mask.bool()),
+             "route": routing_ce(route, labels, mask.bool()),  # the routers' logits: every (B, T) position
              "struct": struct_kl(logits, batch["top_ids"][high], batch["top_logp"][high], high),
              # the high-entropy share of the retain NLL (its sum over high retain tokens / all retain tokens)
              "retain_high": nll(logits, y, retain & high) * (retain & high).sum() / retain.sum().clamp(min=1)}

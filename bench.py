@@ -321,7 +321,7 @@ def gpt2_row(dtype, precision):
 
 
 def main():
-    keep_freed_memory()  # as train.py and evaluate.py run (ours and transformers alike)
+    keep_freed_memory(args.device)  # as train.py and evaluate.py run (ours and transformers alike)
     dtype = getattr(torch, args.dtype)
     precisions = [p for p in args.precision.split(",") if p]
     assert set(precisions) <= {"float32", "bfloat16"}, f"--precision: float32 and/or bfloat16, got {args.precision}"

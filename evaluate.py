@@ -445,7 +445,7 @@ def main(argv=None):
         reference = retain_reference(benches, s, run_dir, args.limit)
         model = GPT.from_pretrained(args.model).to(args.device).eval()
         threads, why = set_threads(args)
-        keep_freed_memory()
+        keep_freed_memory(args.device)
         print(f"{args.device}, {s['dtype']}" + (f", {threads} CPU threads ({why})" if args.device == "cpu" else ""))
         tok = Tokenizer.from_pretrained(model.source)
         lm = model

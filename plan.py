@@ -254,20 +254,23 @@ def busy_cores(seconds=0.2):
     return round(busy)
 
 
-def keep_freed_memory():
-    """Have glibc's malloc keep freed memory for reuse instead of returning it to the kernel. By default every
-    buffer over 32 MB (the toy's 50,257-way logits and their gradients, each step) is a fresh mapping, and the
-    kernel zeroes each of its pages at first touch: on this project's machine 42,000 page faults per fine-tuning
-    step of the tiny model, 247 ms a step against 167 ms with the memory kept (README, "Speed"). Linux with
-    glibc only; elsewhere nothing changes. Returns whether it took effect."""
-    if not sys.platform.startswith("linux"):
+def keep_freed_memory(device="cpu"):
+    """On a CPU run, have glibc's malloc keep freed memory for reuse instead of returning it to the kernel. By
+    default every buffer over 32 MB (the toy's 50,257-way logits and their gradients, each step) is a fresh
+    mapping, and the kernel zeroes each of its pages at first touch: on this project's machine 42,000 page
+    faults per fine-tuning step of the tiny model, 247 ms a step against 167 ms with the memory kept (README,
+    "Speed"). Linux with glibc only; elsewhere, and on GPU runs, nothing changes. Returns whether it did."""
+    if device != "cpu" or not sys.platform.startswith("linux"):
         return False
     try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc (musl)
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # not glibc (musl)
         return False
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # malloc.h
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, 1 << 30) and libc.mallopt(M_TRIM_THRESHOLD, 1 << 31))
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4  # malloc.h
+    # large buffers from the heap, not from mmap (glibc before 2.35 caps the threshold at 32 MB: then no mmap)
+    heap = mallopt(M_MMAP_THRESHOLD, 1 << 30) or mallopt(M_MMAP_MAX, 0)
+    return bool(heap and mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1))  # and the heap's free top kept, up to 2 GB
 
 
 def release_freed_memory():
@@ -322,7 +325,7 @@ def describe(args, bench, benches, out, standard, width):
     device, dtype = device_and_dtype(args, width)
     world = int(os.environ.get("WORLD_SIZE", 1))
     threads, why = set_threads(args)
-    keep_freed_memory()
+    keep_freed_memory(device)
     precision = "autocast" if dtype == "bfloat16" else "full precision"
     if args.dtype == "auto" and device == "cpu":
         precision += ", the CPU has native bf16" if dtype == "bfloat16" else \
