@@ -19,7 +19,8 @@ import evaluate
 import plan
 import torch.nn.functional as F
 
-from alter import AlterConfig, GatedLM, OwnExperts, Route, adapter_params, attach, forget_ihl, nll, routing_ce, struct_kl
+from alter import (AlterConfig, GatedLM, OwnExperts, Route, adapter_params, attach, forget_ihl, nll, routing_ce,
+                   struct_kl)
 from entropy import head_entropy, profile, tsallis
 from methods import hparams, method_loss
 from model import GPT, GPTConfig, linear_weights_in
