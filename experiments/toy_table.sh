@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The toy benchmark's table: every method in methods.METHODS and ALTER's ablations on the same seed, then one
-# table. Usage: bash experiments/toy_table.sh [extra train.py flags]   (about 25 minutes on 2 CPU cores)
+# table. Usage: bash experiments/toy_table.sh [extra train.py flags]   (about 15 minutes on 2 CPU cores)
 # OUT (default out/toy_table) and TABLE (default results/toy_table.md) place the runs and the table (the routing
 # table to results/toy_table_routing/, after TABLE), e.g.
 #   OUT=out/toy_table_bf16 TABLE=results/toy_table_bf16.md bash experiments/toy_table.sh --dtype bfloat16
