@@ -259,12 +259,15 @@ def save_adapter(model, path, extra=None):
     write_safetensors(path, {n: p.detach().float() for n, p in adapter_params(model)}, meta)
 
 
+def adapter_file(path):
+    """An adapter's .safetensors file, given the file or its run folder."""
+    return path if path.endswith(".safetensors") else os.path.join(path, "adapter.safetensors")
+
+
 def adapter_header(path):
     """The run settings train.py wrote into an adapter's header (train.save_product; {} if none). path: the
     .safetensors file or its run folder."""
-    if not path.endswith(".safetensors"):
-        path = os.path.join(path, "adapter.safetensors")
-    return json.loads(read_safetensors(path, metadata=True)[1].get("run", "{}"))
+    return json.loads(read_safetensors(adapter_file(path), metadata=True)[1].get("run", "{}"))
 
 
 def load_adapter(model, path):

@@ -412,15 +412,14 @@ def main(argv=None):
     from plan import device_and_dtype, fail, keep_freed_memory, model_width, set_threads
     if args.limit is not None and args.limit < 1:
         fail(f"--limit must be at least 1, got {args.limit}")
-    from alter import GatedLM, adapter_header, load_adapter
+    from alter import GatedLM, adapter_file, adapter_header, load_adapter
     from routing import print_routing, routing_diagnostics
     from model import GPT, linear_weights_in
     from tokenizer import Tokenizer
     try:
         run, run_dir = {}, None
         if args.adapter:  # the run's settings first: they may name the model, the benches and the items
-            path = args.adapter if args.adapter.endswith(".safetensors") else \
-                os.path.join(args.adapter, "adapter.safetensors")
+            path = adapter_file(args.adapter)
             run_dir = os.path.dirname(path)
             run = adapter_header(path)
         args.model = args.model or run.get("base_model")

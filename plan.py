@@ -254,18 +254,27 @@ def busy_cores(seconds=0.2):
     return round(busy)
 
 
+def glibc():
+    """The C library when it is glibc (Linux), else None (macOS, Windows, musl)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
 def keep_freed_memory(device="cpu"):
     """On a CPU run, have glibc's malloc keep freed memory for reuse instead of returning it to the kernel. By
     default every buffer over 32 MB (the toy's 50,257-way logits and their gradients, each step) is a fresh
     mapping, and the kernel zeroes each of its pages at first touch: on this project's machine 42,000 page
     faults per fine-tuning step of the tiny model, 247 ms a step against 167 ms with the memory kept (README,
     "Speed"). Linux with glibc only; elsewhere, and on GPU runs, nothing changes. Returns whether it did."""
-    if device != "cpu" or not sys.platform.startswith("linux"):
+    libc = glibc() if device == "cpu" else None
+    if libc is None:
         return False
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):  # not glibc (musl)
-        return False
+    mallopt = libc.mallopt
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4  # malloc.h
     # large buffers from the heap, not from mmap (glibc before 2.35 caps the threshold at 32 MB: then no mmap)
@@ -276,12 +285,10 @@ def keep_freed_memory(device="cpu"):
 def release_freed_memory():
     """Hand the memory kept since keep_freed_memory back to the kernel, at the end of a stage whose buffers
     the next stage does not reuse (a fine-tuning: its heap, fragmented by batches of every length, would
-    otherwise stay under the evaluation's; the toy's peak 1.3 GB, 1.1 GB with this)."""
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
+    otherwise stay under the evaluation's; the toy's peak 1.30 GB, 1.11-1.13 GB with this)."""
+    libc = glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 TORCH_THREADS = torch.get_num_threads()  # torch's own default (the physical cores), before any run changed it
