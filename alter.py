@@ -451,6 +451,7 @@ def seq_logp(logits, y):
 def forget_ihl(logits, y, where, expert):
     """The forget term: sum over the sub-domains d in the batch of the mean IHL on d's positions within `where`
     (expert: each position's row expert, the shape of where)."""
+    assert expert.shape == where.shape, f"forget_ihl: one expert per position, {tuple(where.shape)}"
     return sum((ihl(logits, y, where & (expert == d)) for d in expert[expert > 0].unique().tolist()),
                logits.sum() * 0)
 

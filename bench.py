@@ -38,7 +38,7 @@ import time
 import torch
 
 from model import GPT, GPTConfig, config_to_hf, linear_weights_in, ours_to_hf
-from plan import keep_freed_memory
+from plan import keep_freed_memory, release_freed_memory
 
 # random-weight models of real shapes (the published config.json values), built on the device: no download
 LLAMA3_ROPE = dict(rope_type="llama3", low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=8192)
@@ -100,6 +100,7 @@ def rss():
 class PeakRSS:
     """Peak resident memory above the level at entry, sampled every millisecond by a thread (CPU)."""
     def __enter__(self):
+        release_freed_memory()  # what malloc kept from earlier work would otherwise be reused unseen
         self.base = self.peak = rss()
         self.running = True
         self.thread = threading.Thread(target=self._poll, daemon=True)

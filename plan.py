@@ -271,6 +271,7 @@ def keep_freed_memory(device="cpu"):
     mapping, and the kernel zeroes each of its pages at first touch: on this project's machine 42,000 page
     faults per fine-tuning step of the tiny model, 247 ms a step against 167 ms with the memory kept (README,
     "Speed"). Linux with glibc only; elsewhere, and on GPU runs, nothing changes. Returns whether it did."""
+    global KEPT
     libc = glibc() if device == "cpu" else None
     if libc is None:
         return False
@@ -279,16 +280,21 @@ def keep_freed_memory(device="cpu"):
     M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4  # malloc.h
     # large buffers from the heap, not from mmap (glibc before 2.35 caps the threshold at 32 MB: then no mmap)
     heap = mallopt(M_MMAP_THRESHOLD, 1 << 30) or mallopt(M_MMAP_MAX, 0)
-    return bool(heap and mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1))  # and the heap's free top kept, up to 2 GB
+    KEPT = bool(heap and mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1))  # and the heap's free top kept, up to 2 GB
+    return KEPT
+
+
+KEPT = False  # whether keep_freed_memory took effect in this process
 
 
 def release_freed_memory():
     """Hand the memory kept since keep_freed_memory back to the kernel, at the end of a stage whose buffers
     the next stage does not reuse (a fine-tuning: its heap, fragmented by batches of every length, would
     otherwise stay under the evaluation's; the toy's peak 1.30 GB, 1.11-1.13 GB with this)."""
-    libc = glibc()
-    if libc is not None:
-        libc.malloc_trim(0)
+    if KEPT:
+        trim = glibc().malloc_trim
+        trim.argtypes = (ctypes.c_size_t,)
+        trim(0)
 
 
 TORCH_THREADS = torch.get_num_threads()  # torch's own default (the physical cores), before any run changed it
@@ -332,7 +338,6 @@ def describe(args, bench, benches, out, standard, width):
     device, dtype = device_and_dtype(args, width)
     world = int(os.environ.get("WORLD_SIZE", 1))
     threads, why = set_threads(args)
-    keep_freed_memory(device)
     precision = "autocast" if dtype == "bfloat16" else "full precision"
     if args.dtype == "auto" and device == "cpu":
         precision += ", the CPU has native bf16" if dtype == "bfloat16" else \

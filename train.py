@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from alter import GatedLM, save_adapter
+from alter import GatedLM, adapter_file, save_adapter
 from checkpoint import resolve_checkpoint
 from data.batching import batch_indices, collate
 from data.forget_sets import RETAIN_OF, unlearning_examples
@@ -34,7 +34,7 @@ from finetune import cache_path, cached_finetune, model_id, settings_key
 from methods import METHODS, Flag, UnlearningData, method_flags
 from metrics import apply_reference, write_json, write_jsonl
 from model import GPT, linear_weights_in
-from plan import device_and_dtype, estimate, fail, log0, plan, retain_finetuned
+from plan import device_and_dtype, estimate, fail, keep_freed_memory, log0, plan, retain_finetuned
 from tokenizer import Tokenizer
 
 # distributed (torchrun): gloo on CPU, nccl on CUDA; rank 0 caches, logs, saves and evaluates
@@ -154,6 +154,7 @@ def start(args, task):
     if WORLD > 1:
         torch.distributed.init_process_group("nccl" if torch.cuda.is_available() and args.device != "cpu" else "gloo")
     device, dtype = device_and_dtype(args, task.width)
+    keep_freed_memory(device)  # CPU: each step's large buffers reused, not mapped anew (plan.keep_freed_memory)
     if device == "cuda" and WORLD > 1:
         device = f"cuda:{RANK}"
     ctx = torch.autocast(device.split(":")[0], dtype=torch.bfloat16) if dtype == "bfloat16" else \
@@ -348,7 +349,7 @@ def save_product(model, run, task, args, env):
                   data_dir=path(args.data_dir), retain_logs=path(args.retain_logs), dtype=env.dtype,
                   eval_batch_size=args.eval_batch_size, forget_pair=args.forget_pair,
                   experts=[[list(k), d] for k, d in run.get("experts", {}).items()])
-    save_adapter(model, os.path.join(task.out, "adapter.safetensors"), {"run": json.dumps(header)})
+    save_adapter(model, adapter_file(task.out), {"run": json.dumps(header)})
 
 # -----------------------------------------------------------------------------
 # distributed: data parallelism by hand

@@ -19,7 +19,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from alter import a_loss, adapter_header, adapter_params, backward, cluster, load_adapter  # noqa: E402
+from alter import a_loss, adapter_file, adapter_header, adapter_params, backward, cluster, load_adapter  # noqa: E402
 from data.forget_sets import RETAIN_OF  # noqa: E402
 from methods import method_loss  # noqa: E402
 from data.batching import batch_indices, collate, encode_qa  # noqa: E402
@@ -39,7 +39,7 @@ forget_ex = encode_qa(tok, load_split(f"{bench}_forget{pct}", cfg["data_dir"], c
 retain_ex = encode_qa(tok, load_split(f"{bench}_retain{RETAIN_OF[pct]}", cfg["data_dir"], cfg["seed"])[:cfg["limit"]])
 prof = profile(model, forget_ex + retain_ex, run["q"], tok.pad_id, cache_dir="out/cache")
 f_expert = cluster(model, forget_ex, cfg["n_experts"], tok.pad_id, cfg["seed"])
-load_adapter(model, os.path.join(run_dir, "adapter.safetensors"))
+load_adapter(model, adapter_file(run_dir))
 for _, p in adapter_params(model):
     p.requires_grad_(True)
 A = [p for n, p in adapter_params(model) if "lora_A" in n]

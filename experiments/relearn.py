@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")))
-from alter import GatedLM, adapter_header, load_adapter  # noqa: E402
+from alter import GatedLM, adapter_file, adapter_header, load_adapter  # noqa: E402
 from data.batching import collate, encode_qa  # noqa: E402
 from data.benchmarks import load_split  # noqa: E402
 from evaluate import avg_nll, eval_mc_cloze, forget_eval_rows, generate, token_logps  # noqa: E402
@@ -48,7 +48,7 @@ def checkpoint(m, which):
 def load(run, which):
     """(model as deployed, tokenizer) of a run: which = "unlearned", "target" or "retain"."""
     m = json.load(open(os.path.join(run, "metrics.json")))
-    adapter = os.path.join(run, "adapter.safetensors")
+    adapter = adapter_file(run)
     if which != "unlearned":
         path = checkpoint(m, which)
         if not path:

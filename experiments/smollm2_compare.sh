@@ -12,7 +12,7 @@
 #   (about 50 minutes a pair on 2 CPU cores; two pairs side by side, THREADS=1 each: 95 minutes for both)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source experiments/smollm2_protocol.sh  # MODEL, data, and the protocol's flags: common
+source experiments/smollm2_protocol.sh  # MODEL and the protocol's flags: common
 common+=(--threads "${THREADS:-0}")
 for k in ${PAIRS:-9 0 1}; do
   out=out/smollm2_compare/p$k

@@ -8,7 +8,7 @@
 # Usage: [MODEL=dir] [DATA=dir] [PAIRS="9 0"] bash experiments/smollm2_pairs.sh   (about 40 minutes a pair, 2 cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source experiments/smollm2_protocol.sh  # MODEL, data, and the protocol's flags: common
+source experiments/smollm2_protocol.sh  # MODEL and the protocol's flags: common
 for k in ${PAIRS:-9 0}; do
   out=out/smollm2_pairs/p$k
   res=results/smollm2_pairs/p$k

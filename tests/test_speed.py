@@ -8,7 +8,7 @@ Run: python -m pytest -q tests/test_speed.py
 """
 import argparse
 import os
-import resource
+import platform
 import subprocess
 import sys
 
@@ -19,8 +19,8 @@ import evaluate
 import plan
 import torch.nn.functional as F
 
-from alter import (AlterConfig, GatedLM, OwnExperts, Route, adapter_params, attach, forget_ihl, nll, routing_ce,
-                   struct_kl)
+from alter import (AlterConfig, GatedLM, OwnExperts, Route, adapter_params, at, attach, forget_ihl, nll,
+                   routing_ce, struct_kl)
 from entropy import head_entropy, profile, tsallis
 from methods import hparams, method_loss
 from model import GPT, GPTConfig, linear_weights_in
@@ -211,6 +211,16 @@ def test_training_losses_run_the_output_layer_at_labelled_positions_only(method)
         assert all((a is None and c is None) or torch.allclose(a, c, atol=1e-6) for a, c in zip(got, want)), k
 
 
+def test_rows_at_a_mask_go_back_by_index_select():
+    """alter.at is t[where] with the backward of index_select (boolean indexing's is an accumulating index_put)."""
+    t = torch.randn(3, 5, 7, requires_grad=True)
+    where = torch.rand(3, 5, generator=torch.Generator().manual_seed(0)) > 0.5
+    rows = at(t, where)
+    assert torch.equal(rows, t[where]) and rows.grad_fn.name() == "IndexSelectBackward0"
+    (g,) = torch.autograd.grad((rows * torch.arange(7.)).sum(), t)
+    assert torch.equal(g, where[..., None] * torch.arange(7.))
+
+
 def test_entropy_profile_never_builds_every_positions_logits():
     """profile's entropies and top-k equal the full logits' (tsallis and log_softmax written out), while its
     output layer runs on rows of positions (head_entropy's chunks, a row's labelled positions), never (B, T)."""
@@ -235,6 +245,7 @@ def test_freed_memory_is_kept():
     """A 64 MB buffer freed and allocated again costs its pages again (page faults) unless keep_freed_memory
     has told malloc to keep it: measured in fresh processes, with and without; release_freed_memory hands the
     kept memory back (resident memory falls)."""
+    import resource  # Unix only
     code = ("import resource, sys, torch, plan\n"
             "rss = lambda: int(open('/proc/self/statm').read().split()[1]) * resource.getpagesize()\n"
             "kept = plan.keep_freed_memory() if sys.argv[1] == '1' else None\n"
@@ -249,8 +260,9 @@ def test_freed_memory_is_kept():
     run = lambda keep: subprocess.run([sys.executable, "-c", code, keep], capture_output=True, text=True, cwd=root,
                                       check=True).stdout.split()
     kept, faults, released = run("1")
-    if kept != "True":
-        pytest.skip("not glibc, or a glibc that refuses the settings")
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("not glibc")
+    assert kept == "True"
     _, faults_default, _ = run("0")
     pages = 10 * (64 << 20) // resource.getpagesize()  # 10 buffers of 64 MB
     thp = open("/sys/kernel/mm/transparent_hugepage/enabled").read() \
