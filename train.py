@@ -57,7 +57,7 @@ FLAGS = (
     Flag("--limit", int, help="quick runs: only the first N records of the retain side (retain and general "
          "data) and of every evaluation set; a question-answer forget set stays whole", at_least=1),
     Flag("--authors", int, help="TOFU on a budget: target and retain models see only N authors, the forget "
-         "authors and the first retain authors (20 QA each; README, 'real-model experiment')", at_least=1),
+         "authors and the first retain authors (20 QA each; README, 'Real model, real TOFU')", at_least=1),
     Flag("--forget-pair", int, help="TOFU forget01 with --authors: forget the K-th pair of forget10's 20 authors "
          "instead (0-9; 9 is forget01's own pair)", choices=tuple(range(10))),
     Flag("--eval-limit", int, help="evaluate only the first N items of every set (default: --limit)", at_least=1),

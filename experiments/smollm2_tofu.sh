@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Real-model TOFU unlearning on 2 CPU cores: SmolLM2-135M-Instruct, real TOFU data, a reduced protocol
-# (README, "Real-model experiment"): target fine-tuned on 10 authors (the 2 forget01 authors and the first
+# (README, "Real model, real TOFU"): target fine-tuned on 10 authors (the 2 forget01 authors and the first
 # 8 retain authors), retain reference on the 8 alone; forget01 unlearned; first 40 items of every eval set.
-# Usage: [MODEL=dir] [DATA=dir] bash experiments/smollm2_tofu.sh   (about 2 hours on 2 CPU cores: models
+# Usage: [MODEL=dir] [DATA=dir] [CACHE=dir] bash experiments/smollm2_tofu.sh   (1.5 hours on 2 CPU cores: models
 # that unlearn badly answer every question with 200 tokens, which makes their evaluation the slowest part)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source experiments/smollm2_protocol.sh  # MODEL, data, and the protocol's flags: common
+source experiments/smollm2_protocol.sh  # MODEL and the protocol's flags: common
 runs=(
   "alter"
   "asymlora --method asymlora"

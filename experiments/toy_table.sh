@@ -7,6 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extra=("$@")
+out=${OUT:-out/toy_table}
+table=${TABLE:-results/toy_table.md}
+mkdir -p "$out"
 runs=()
 for m in $(python -c "from methods import METHODS; print(' '.join(METHODS))"); do
   runs+=("$m --method $m")
@@ -27,16 +30,13 @@ for spec in "${runs[@]}"; do
   set -- $spec
   name=$1; shift
   echo "== $name"
-  python train.py --forget toy_forget10 --model tiny --out "${OUT:-out/toy_table}/$name" --overwrite "$@" \
-    "${extra[@]}" > "${OUT:-out/toy_table}/$name.log"
-  tail -n 3 "${OUT:-out/toy_table}/$name.log"
+  python train.py --forget toy_forget10 --model tiny --out "$out/$name" --overwrite "$@" "${extra[@]}" > "$out/$name.log"
+  tail -n 3 "$out/$name.log"
 done
-python experiments/collect.py "${OUT:-out/toy_table}" > "${TABLE:-results/toy_table.md}"
-cat "${TABLE:-results/toy_table.md}"
+python experiments/collect.py "$out" > "$table"
+cat "$table"
 # how ALTER routes under each gate and router (README, "Where ALTER's forgetting comes from"): the runs' metrics,
 # and the token-router run's adapter again under the oracle gate
-out=${OUT:-out/toy_table}
-table=${TABLE:-results/toy_table.md}
 routing=${table%.md}_routing
 mkdir -p "$routing/toy"
 python evaluate.py --adapter "$out/alter-token-router" --gate oracle --out "$out/alter-token-router/oracle" | tail -n 1
