@@ -272,6 +272,15 @@ def test_freed_memory_is_kept():
     assert int(released) > 32 << 20
 
 
+def test_a_training_run_keeps_freed_memory(monkeypatch):
+    """train.py's start (device, dtype, seeds) is where malloc is told to keep freed memory, for the device."""
+    import train
+    calls = []
+    monkeypatch.setattr(train, "keep_freed_memory", calls.append)
+    train.start(argparse.Namespace(device="cpu", dtype="float32", seed=0), argparse.Namespace(width=128))
+    assert calls == ["cpu"]
+
+
 def test_auto_dtype_and_threads(monkeypatch):
     args = argparse.Namespace(device="cpu", dtype="auto", threads=0)
     monkeypatch.setattr(plan, "native_bf16_cpu", lambda: True)
