@@ -1,6 +1,6 @@
 """
-ALTER: asymmetric LoRA with an entropy-aware router, its hierarchical loss, and the loss terms its baselines
-share (methods.py puts every method together; RMU's activation steering is in rmu.py).
+ALTER: asymmetric LoRA with an entropy-aware router and its hierarchical loss (the loss terms it shares with
+its baselines are in losses.py; methods.py puts every method together; RMU's activation steering is in rmu.py).
 
 The paper's update of a frozen weight W0 (its Eq. for W; see README "paper <-> code"):
 
@@ -26,7 +26,7 @@ teacher forcing is the default). At inference ("entropy"), the frozen model's to
 temperature and the routing: the top-3 experts (renormalised) at high-entropy tokens, the argmax expert at
 low-entropy ones; "router" skips the base pass and uses the router's dense softmax; "oracle" (an ablation)
 puts each forget question's low-entropy answer tokens on its own sub-domain's expert and everything else on
-B_r. `gate_report` says how a gate routed a set of examples (the routing diagnostics of every evaluation).
+B_r. `routing.gate_report` says how a gate routed a set of examples (the routing diagnostics of every evaluation).
 """
 import json
 import math
@@ -38,8 +38,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from data.batching import batches, label_logps
+from data.batching import batches
 from entropy import head_entropy
+from losses import forget_ihl, labelled_forward, masks, nll, routing_ce, struct_kl
 from checkpoint import read_safetensors, write_safetensors
 from model import GPT
 
@@ -396,84 +397,6 @@ def cluster(model, examples, n_clusters, pad_id, seed=0, iters=50, device="cpu")
             break
         centers = new
     return ((X @ centers.T).argmax(1) + 1).tolist()
-
-# -----------------------------------------------------------------------------
-# loss terms: each one small function of logits (..., V) and targets y (...), on a boolean mask (...): the (B, T)
-# positions of a batch, or (as the training losses pass them) its n labelled positions, row-major
-
-
-def at(t, where):
-    """t[where], the entries of t at the True positions of the mask `where` (the leading dims of t), as rows. The
-    gradient goes back by index_add: boolean indexing's, an accumulating index_put, took 3 times as long on a
-    CPU and a third of the toy's unlearning step (n x 50,257 rows, once per loss term)."""
-    return t.flatten(0, where.dim() - 1).index_select(0, where.flatten().nonzero().squeeze(1))
-
-
-def nll(logits, y, where):
-    """Mean next-token cross-entropy over the positions in `where`."""
-    return F.cross_entropy(at(logits, where).float(), y[where]) if where.any() else logits.sum() * 0
-
-
-def ihl(logits, y, where):
-    """Inverted hinge loss (Cha et al. 2024, arXiv 2408.06621), mean over `where`:
-    IHL_t = 1 + p(y_t) - max_{v != y_t} p(v). Pushes the true token down and the runner-up up."""
-    if not where.any():
-        return logits.sum() * 0
-    p = F.softmax(at(logits, where).float(), dim=-1)  # (n, V)
-    t = y[where]
-    p_true = p.gather(1, t[:, None]).squeeze(1)
-    p_other = p.scatter(1, t[:, None], -1.0).max(1).values
-    return (1 + p_true - p_other).mean()
-
-
-def struct_kl(logits, top_ids, top_logp, where):
-    """Structural invariance: KL(p_base || p_theta) at the positions in `where`, on the base model's top-k
-    support cached by entropy.profile (top_ids, top_logp: (n, k) for the n positions, in order):
-    sum_k p_base,k (log p_base,k - log p_theta,k). Truncated to top-k, it leaves out the base tail."""
-    if not where.any():
-        return logits.sum() * 0
-    logq = F.log_softmax(at(logits, where).float(), dim=-1).gather(1, top_ids.long())  # (n, k)
-    logp = top_logp.float()
-    return (logp.exp() * (logp - logq)).sum(1).mean()
-
-
-def routing_ce(route, labels, where):
-    """Cross-entropy of every block's router (temperature 1) in a routed pass against the expert labels, mean
-    over blocks."""
-    return torch.stack([F.cross_entropy(lg[where], labels[where]) for lg in route.logits.values()]).mean()
-
-
-def seq_logp(logits, y):
-    """Summed log-prob of the labelled tokens of each row: (B,)."""
-    return label_logps(logits, y).sum(1)
-
-
-def forget_ihl(logits, y, where, expert):
-    """The forget term: sum over the sub-domains d in the batch of the mean IHL on d's positions within `where`
-    (expert: each position's row expert, the shape of where)."""
-    assert expert.shape == where.shape, f"forget_ihl: one expert per position, {tuple(where.shape)}"
-    return sum((ihl(logits, y, where & (expert == d)) for d in expert[expert > 0].unique().tolist()),
-               logits.sum() * 0)
-
-
-def masks(batch):
-    """The labelled positions of forget rows and of retain rows, and every token's expert label: the row's
-    expert where the answer is predicted, the retain expert (0) on the prompt, which forget and retain
-    questions share ("Question: Where was ..."): the router cannot tell them apart there, and the question
-    is not what is forgotten."""
-    y, expert = batch["y"], batch["expert"]
-    lab = y != -100
-    return (expert > 0)[:, None] & lab, (expert == 0)[:, None] & lab, torch.where(lab, expert[:, None], 0)
-
-
-def labelled_forward(model, batch):
-    """The model's logits at the batch's labelled positions alone, (n, V) row-major, and (lab, y[lab]): the
-    token-level losses (ALTER's, AsymLoRA's, GradDiff's, GA's) read only these, and the output layer over all
-    (B, T) positions, forward and backward, was most of a small model's unlearning step (the toy's: 50,257-way,
-    4 of every 10 positions labelled). NPO and SimNPO sum log-probs per row: they take the (B, T, V) logits."""
-    lab = batch["y"] != -100
-    logits, _ = model(batch["x"], attention_mask=batch["mask"], keep=lab)
-    return logits, lab, batch["y"][lab]
 
 # -----------------------------------------------------------------------------
 # ALTER's loss, and the gradient its shared A receives

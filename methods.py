@@ -27,8 +27,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from alter import (AlterConfig, Route, a_loss, adapter_params, alter_loss, attach, backward, cluster, forget_ihl,
-                   labelled_forward, masks, nll, routing_ce, seq_logp, trainable_summary)
+from alter import AlterConfig, Route, a_loss, adapter_params, alter_loss, attach, backward, cluster, trainable_summary
+from losses import forget_ihl, labelled_forward, masks, nll, routing_ce, seq_logp
 from checkpoint import resolve_checkpoint
 from data.forget_sets import TEXT_FORGETS
 from data.batching import batches

@@ -254,6 +254,9 @@ def busy_cores(seconds=0.2):
     return round(busy)
 
 
+KEPT = False  # whether keep_freed_memory took effect in this process
+
+
 def glibc():
     """The C library when it is glibc (Linux), else None (macOS, Windows, musl)."""
     if not sys.platform.startswith("linux"):
@@ -282,9 +285,6 @@ def keep_freed_memory(device="cpu"):
     heap = mallopt(M_MMAP_THRESHOLD, 1 << 30) or mallopt(M_MMAP_MAX, 0)
     KEPT = bool(heap and mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1))  # and the heap's free top kept, up to 2 GB
     return KEPT
-
-
-KEPT = False  # whether keep_freed_memory took effect in this process
 
 
 def release_freed_memory():

@@ -8,7 +8,7 @@ import copy
 
 import torch
 
-from alter import masks
+from losses import masks
 from data.batching import batches
 
 

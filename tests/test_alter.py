@@ -9,8 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from alter import (AlterConfig, GatedLM, Route, a_loss, attach, adapter_params, backward, cluster, ihl, load_adapter,
-                   routing_ce, save_adapter, seq_logp, struct_kl, trainable_summary)
+from alter import (AlterConfig, GatedLM, Route, a_loss, attach, adapter_params, backward, cluster, load_adapter,
+                   save_adapter, trainable_summary)
+from losses import ihl, routing_ce, seq_logp, struct_kl
 from entropy import head_entropy
 from methods import hparams, method_loss, npo
 from rmu import layer_output, rmu

@@ -19,8 +19,8 @@ import evaluate
 import plan
 import torch.nn.functional as F
 
-from alter import (AlterConfig, GatedLM, OwnExperts, Route, adapter_params, at, attach, forget_ihl, nll,
-                   routing_ce, struct_kl)
+from alter import AlterConfig, GatedLM, OwnExperts, Route, adapter_params, attach
+from losses import at, forget_ihl, nll, routing_ce, struct_kl
 from entropy import head_entropy, profile, tsallis
 from methods import hparams, method_loss
 from model import GPT, GPTConfig, linear_weights_in
@@ -212,7 +212,7 @@ def test_training_losses_run_the_output_layer_at_labelled_positions_only(method)
 
 
 def test_rows_at_a_mask_go_back_by_index_select():
-    """alter.at is t[where] with the backward of index_select (boolean indexing's is an accumulating index_put)."""
+    """losses.at is t[where] with the backward of index_select (boolean indexing's is an accumulating index_put)."""
     t = torch.randn(3, 5, 7, requires_grad=True)
     where = torch.rand(3, 5, generator=torch.Generator().manual_seed(0)) > 0.5
     rows = at(t, where)
