@@ -38,7 +38,7 @@ import time
 import torch
 
 from model import GPT, GPTConfig, config_to_hf, linear_weights_in, ours_to_hf
-from plan import keep_freed_memory, release_freed_memory
+from plan import keep_freed_memory, limit_kernel_cache, release_freed_memory
 
 # random-weight models of real shapes (the published config.json values), built on the device: no download
 LLAMA3_ROPE = dict(rope_type="llama3", low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=8192)
@@ -323,6 +323,7 @@ def gpt2_row(dtype, precision):
 
 def main():
     keep_freed_memory(args.device)  # as train.py and evaluate.py run (ours and transformers alike)
+    limit_kernel_cache()
     dtype = getattr(torch, args.dtype)
     precisions = [p for p in args.precision.split(",") if p]
     assert set(precisions) <= {"float32", "bfloat16"}, f"--precision: float32 and/or bfloat16, got {args.precision}"

@@ -409,7 +409,8 @@ def main(argv=None):
     p.add_argument("--mask", default=None, choices=MASK_RULES,
                    help="TOFU/MUSE attention mask: ou (open-unlearning: EOS tokens = pad are masked) or padding")
     args = p.parse_args(argv)
-    from plan import device_and_dtype, fail, keep_freed_memory, model_width, set_threads
+    from plan import device_and_dtype, fail, keep_freed_memory, limit_kernel_cache, model_width, set_threads
+    limit_kernel_cache()  # before the first bf16 product (plan.limit_kernel_cache)
     if args.limit is not None and args.limit < 1:
         fail(f"--limit must be at least 1, got {args.limit}")
     from alter import GatedLM, adapter_file, adapter_header, load_adapter

@@ -34,7 +34,7 @@ from finetune import cache_path, cached_finetune, model_id, settings_key
 from methods import METHODS, Flag, UnlearningData, method_flags
 from metrics import apply_reference, write_json, write_jsonl
 from model import GPT, linear_weights_in
-from plan import device_and_dtype, estimate, fail, keep_freed_memory, log0, plan, retain_finetuned
+from plan import device_and_dtype, estimate, fail, keep_freed_memory, limit_kernel_cache, log0, plan, retain_finetuned
 from tokenizer import Tokenizer
 
 # distributed (torchrun): gloo on CPU, nccl on CUDA; rank 0 caches, logs, saves and evaluates
@@ -155,6 +155,7 @@ def start(args, task):
         torch.distributed.init_process_group("nccl" if torch.cuda.is_available() and args.device != "cpu" else "gloo")
     device, dtype = device_and_dtype(args, task.width)
     keep_freed_memory(device)  # CPU: each step's large buffers reused, not mapped anew (plan.keep_freed_memory)
+    limit_kernel_cache()  # CPU bf16: oneDNN's kernels for 32 shapes kept, not 1,024 (plan.limit_kernel_cache)
     if device == "cuda" and WORLD > 1:
         device = f"cuda:{RANK}"
     ctx = torch.autocast(device.split(":")[0], dtype=torch.bfloat16) if dtype == "bfloat16" else \

@@ -36,7 +36,7 @@ from data.benchmarks import load_split  # noqa: E402
 from evaluate import avg_nll, eval_mc_cloze, forget_eval_rows, generate, token_logps  # noqa: E402
 from metrics import rouge_l, write_json  # noqa: E402
 from model import GPT, linear_weights_in  # noqa: E402
-from plan import device_and_dtype, keep_freed_memory, set_threads  # noqa: E402
+from plan import device_and_dtype, keep_freed_memory, limit_kernel_cache, set_threads  # noqa: E402
 from tokenizer import Tokenizer  # noqa: E402
 
 
@@ -185,6 +185,7 @@ def main():
         p.error("give run folders and --out (or --table FILE ...)")
     set_threads(args)
     keep_freed_memory()
+    limit_kernel_cache()
     res = json.load(open(args.out)) if os.path.exists(args.out) else {}
     has = lambda r: checkpoint(json.load(open(os.path.join(r, "metrics.json"))), "retain")
     refs = next((r for r in args.runs if has(r)), None)  # where the target and retain models are named

@@ -273,12 +273,18 @@ def test_freed_memory_is_kept():
 
 
 def test_a_training_run_keeps_freed_memory(monkeypatch):
-    """train.py's start (device, dtype, seeds) is where malloc is told to keep freed memory, for the device."""
+    """train.py's start (device, dtype, seeds) is where malloc is told to keep freed memory, for the device, and
+    where oneDNN's kernel cache is bounded (before any bf16 product); a value the user set wins."""
     import train
     calls = []
     monkeypatch.setattr(train, "keep_freed_memory", calls.append)
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
     train.start(argparse.Namespace(device="cpu", dtype="float32", seed=0), argparse.Namespace(width=128))
     assert calls == ["cpu"]
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == str(plan.KERNEL_CACHE)
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "7")
+    plan.limit_kernel_cache()
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "7"
 
 
 def test_auto_dtype_and_threads(monkeypatch):
