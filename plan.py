@@ -195,7 +195,7 @@ def native_bf16_cpu():
 
 # on a CPU, bf16 pays for models at least this wide: SmolLM2-135M (576) runs its forward 2.5x faster under bf16
 # autocast, the toy's 128-wide model no faster (its time is the 50,257-way output layer's softmax, in fp32 either
-# way), and oneDNN's cache of bf16 kernels, one per matrix shape, grows its memory (README, "Speed")
+# way; README, "Speed")
 BF16_MIN_WIDTH = 512
 
 
@@ -301,11 +301,11 @@ KERNEL_CACHE = 32  # oneDNN kernels kept in memory (limit_kernel_cache); oneDNN'
 
 
 def limit_kernel_cache(n=KERNEL_CACHE):
-    """Keep at most n of oneDNN's compiled CPU kernels (bf16 matrix products) unless ONEDNN_PRIMITIVE_CACHE_CAPACITY
-    is set. oneDNN compiles and keeps one kernel per matrix shape, 1,024 by default, with buffers that scale with
-    the shape, and batches of every length bring new shapes at every step: SmolLM2-135M's target fine-tuning under
-    bf16 autocast grew to 9.0 GB, 5.6 GB with 32 kept, the same model bit for bit and no slower (a step's own
-    shapes stay cached; README, "Speed"). oneDNN reads the variable at its first kernel: call this before."""
+    """Keep at most n of oneDNN's compiled CPU kernels (it runs the bf16 matrix products) unless
+    ONEDNN_PRIMITIVE_CACHE_CAPACITY is set. oneDNN compiles a kernel for every shape it meets and keeps 1,024 by
+    default, each with its own memory, and batches of every length bring new shapes at every step: SmolLM2-135M's
+    target fine-tuning under bf16 autocast grew every epoch to 9.0 GB, with 32 kept to 5.6 GB, the same model bit for
+    bit and no slower (README, "Speed"). oneDNN reads the variable at its first kernel: call this before."""
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(n))
 
 

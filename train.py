@@ -155,7 +155,7 @@ def start(args, task):
         torch.distributed.init_process_group("nccl" if torch.cuda.is_available() and args.device != "cpu" else "gloo")
     device, dtype = device_and_dtype(args, task.width)
     keep_freed_memory(device)  # CPU: each step's large buffers reused, not mapped anew (plan.keep_freed_memory)
-    limit_kernel_cache()  # CPU bf16: oneDNN's kernels for 32 shapes kept, not 1,024 (plan.limit_kernel_cache)
+    limit_kernel_cache()  # CPU bf16: oneDNN keeps 32 compiled kernels, not 1,024 (plan.limit_kernel_cache)
     if device == "cuda" and WORLD > 1:
         device = f"cuda:{RANK}"
     ctx = torch.autocast(device.split(":")[0], dtype=torch.bfloat16) if dtype == "bfloat16" else \

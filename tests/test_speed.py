@@ -278,7 +278,8 @@ def test_a_training_run_keeps_freed_memory(monkeypatch):
     import train
     calls = []
     monkeypatch.setattr(train, "keep_freed_memory", calls.append)
-    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "")  # recorded, so restored after the test
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY")
     train.start(argparse.Namespace(device="cpu", dtype="float32", seed=0), argparse.Namespace(width=128))
     assert calls == ["cpu"]
     assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == str(plan.KERNEL_CACHE)
