@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from checkpoint import read_safetensors
+import model as model_module
 from model import GPT
 
 transformers = pytest.importorskip("transformers")
@@ -95,6 +96,34 @@ def test_generation_stops_at_eos_and_cache_matches_full_forward(tmp_path):
     stop = int(new[0, 2])  # make the third token of row 0 an end token: row 0 stops there, pads with it
     out = m.generate(idx, attention_mask=am, max_new_tokens=8, eos_token_id=[stop])
     assert (out[0, 2:] == stop).all()
+
+
+def test_kv_cache_writes_in_place_and_shared_heads_match_repeated(tmp_path, monkeypatch):
+    torch.manual_seed(2)
+    hf_llama(False).save_pretrained(tmp_path)  # 6 query heads sharing 2 key/value heads
+    m = GPT.from_pretrained(str(tmp_path), verbose=False).eval()
+    idx, am = padded_batch(101, seed=4)
+    # without a gradient SDPA reads the shared heads in place; with one they are repeated: the same logits
+    for mask in (am, None):
+        with torch.no_grad():
+            shared, _ = m(idx, attention_mask=mask)
+        repeated, _ = m(idx, attention_mask=mask)
+        assert repeated.requires_grad and torch.equal(shared, repeated.detach())
+    # decoding steps write into the cache's buffers; a full buffer grows (ROOM 3: twice in 8 steps)
+    monkeypatch.setattr(model_module.KVCache, "ROOM", 3)
+    cache, seq, mask = m.new_cache(), idx, am
+    with torch.no_grad():
+        logits, _ = m(seq, attention_mask=mask, cache=cache)
+        moves = 0
+        for t in range(8):
+            nxt = logits[:, -1].argmax(-1, keepdim=True)
+            seq, mask = torch.cat((seq, nxt), 1), torch.cat((mask, torch.ones_like(nxt)), 1)
+            before = cache[0].k.data_ptr()
+            logits, _ = m(nxt, attention_mask=mask, cache=cache)
+            moves += cache[0].k.data_ptr() != before
+            full, _ = m(seq, attention_mask=mask)
+            assert torch.allclose(logits[:, -1], full[:, -1], atol=1e-5)
+    assert cache[0].n == seq.size(1) and moves == 2  # 12 + 3 positions of room, full after 3 and 6 more steps
 
 
 def test_our_checkpoint_loads_in_transformers(tmp_path):
