@@ -104,11 +104,15 @@ def test_kv_cache_writes_in_place_and_shared_heads_match_repeated(tmp_path, monk
     m = GPT.from_pretrained(str(tmp_path), verbose=False).eval()
     idx, am = padded_batch(101, seed=4)
     # without a gradient SDPA reads the shared heads in place; with one they are repeated: the same logits
+    sdpa, grouped = torch.nn.functional.scaled_dot_product_attention, []
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *a, **kw: grouped.append(kw["enable_gqa"]) or sdpa(*a, **kw))
     for mask in (am, None):
         with torch.no_grad():
             shared, _ = m(idx, attention_mask=mask)
         repeated, _ = m(idx, attention_mask=mask)
         assert repeated.requires_grad and torch.equal(shared, repeated.detach())
+    assert grouped == [True, True, False, False] * 2  # two blocks, each forward
     # decoding steps write into the cache's buffers; a full buffer grows (ROOM 3: twice in 8 steps)
     monkeypatch.setattr(model_module.KVCache, "ROOM", 3)
     cache, seq, mask = m.new_cache(), idx, am
@@ -123,7 +127,7 @@ def test_kv_cache_writes_in_place_and_shared_heads_match_repeated(tmp_path, monk
             moves += cache[0].k.data_ptr() != before
             full, _ = m(seq, attention_mask=mask)
             assert torch.allclose(logits[:, -1], full[:, -1], atol=1e-5)
-    assert cache[0].n == seq.size(1) and moves == 2  # 12 + 3 positions of room, full after 3 and 6 more steps
+    assert cache[0].n == seq.size(1) and moves == 2  # room for 12 + 3 positions: grown at steps 4 and 8
 
 
 def test_our_checkpoint_loads_in_transformers(tmp_path):
