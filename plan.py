@@ -464,7 +464,7 @@ def estimate(task, data, examples, args, env):
     log0(f"  estimate {tuning}unlearning {hms(unlearn)} ({steps} steps), "
          f"evaluation at most {hms(evals)}: about {hms(total)} in all; memory about {memory / 1e9:.1f} GB")
     if env.device == "cpu" and total > 3600:
-        log0("  on this CPU that is hours; the reduced protocol runs in about 1.5 h on 2 cores: "
+        log0("  on this CPU that is hours; the reduced protocol runs in about 1.3 h on 2 cores: "
              "experiments/smollm2_tofu.sh (SmolLM2-135M, 10 authors; README, 'Real model, real TOFU'), or use "
              "--limit/--eval-limit for a quick look")
 

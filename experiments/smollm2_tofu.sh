@@ -2,7 +2,7 @@
 # Real-model TOFU unlearning on 2 CPU cores: SmolLM2-135M-Instruct, real TOFU data, a reduced protocol
 # (README, "Real model, real TOFU"): target fine-tuned on 10 authors (the 2 forget01 authors and the first
 # 8 retain authors), retain reference on the 8 alone; forget01 unlearned; first 40 items of every eval set.
-# Usage: [MODEL=dir] [DATA=dir] [CACHE=dir] bash experiments/smollm2_tofu.sh   (1.5 hours on 2 CPU cores: models
+# Usage: [MODEL=dir] [DATA=dir] [CACHE=dir] bash experiments/smollm2_tofu.sh   (1.3 hours on 2 CPU cores: models
 # that unlearn badly answer every question with 200 tokens, which makes their evaluation the slowest part)
 set -euo pipefail
 cd "$(dirname "$0")/.."
