@@ -107,14 +107,13 @@ class CausalSelfAttention(nn.Module):
         # the shared heads in place (on a CPU the same outputs bit for bit, without copying the keys and values
         # n_head / n_kv_head times); with one they are repeated, whose backward sums each kv head's gradient in a fixed
         # order (SDPA's own sums it in another, which would move trained weights in their last bits)
-        gqa = self.n_kv_head != self.n_head and not torch.is_grad_enabled()
-        if self.n_kv_head != self.n_head and not gqa:
+        gqa = self.n_kv_head != self.n_head
+        if gqa and torch.is_grad_enabled():
             k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)  # (B, nh, S, hs)
             v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
-        if mask is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)  # mask: (B, 1, T, S) bool
+            gqa = False
+        # mask: (B, 1, T, S) bool, or None for SDPA's own causal mask
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=gqa)
         y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * hs)  # (B, T, nh*hs)
         return out_proj(y)
 
