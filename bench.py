@@ -16,15 +16,18 @@ Rows, for each precision:
     GPT-2-shaped model (124M, random weights unless --gpt2 names a checkpoint);
   - greedy generation tokens/s, ours vs transformers.generate;
   - ALTER at inference (alter.GatedLM, entropy gate: a base pass and the adapted pass) against the plain model
-    on the same inputs: scoring (logits at the second half of every row) and greedy generation;
-  - one unlearning step (forward + backward + optimizer) of ALTER Phase II (exact isolation of A, and
-    "alter:position", --a-grad position), plain LoRA (GradDiff), AsymLoRA and full fine-tuning GradDiff on the
-    same batch, as ratios to plain LoRA, and the peak memory each step
-    adds to the loaded model (CPU: resident memory sampled every millisecond, each method in its own
+    on the same inputs: scoring (logits at the second half of every row; "base": the base pass alone) and
+    greedy generation;
+  - one unlearning step (forward + backward + optimizer; "fwd": the forward alone) of ALTER Phase II (exact
+    isolation of A, and "alter:position", --a-grad position), plain LoRA (GradDiff), AsymLoRA and full
+    fine-tuning GradDiff on the same batch, as ratios to plain LoRA, and the peak memory each step adds to the
+    loaded model (CPU: resident memory sampled every millisecond, each method in its own
     process; CUDA: peak allocated memory);
   - multiple-choice questions per second (evaluate.eval_mc, lm-eval's zero-shot prompt) on MMLU and WMDP
     questions, when --data-dir holds them.
-transformers is only imported here and in the tests, never by the product.
+Each row's timed calls alternate for --repeats rounds and the fastest of each is reported (`timed`; the step
+rows' processes take their steps in turn), so that the slow spells of a shared machine fall on both sides of a
+ratio. transformers is only imported here and in the tests, never by the product.
 """
 import argparse
 import json
@@ -63,7 +66,8 @@ parser.add_argument("--batch", type=int, default=8, help="forward batch size (se
 parser.add_argument("--tokens", type=int, default=256, help="forward sequence length (tokens)")
 parser.add_argument("--gen-batch", type=int, default=4, help="generation batch size (sequences)")
 parser.add_argument("--gen-tokens", type=int, default=64, help="new tokens per sequence in the generation test")
-parser.add_argument("--repeats", type=int, default=3, help="timed repeats; the median is reported")
+parser.add_argument("--repeats", type=int, default=5, help="timed rounds (the timed calls of a row alternate); "
+                    "the fastest is reported")
 parser.add_argument("--step-batch", type=int, default=8, help="unlearning step: sequences (half forget, half retain)")
 parser.add_argument("--step-tokens", type=int, default=64, help="unlearning step: tokens per sequence")
 parser.add_argument("--mc", type=int, default=200, help="questions of each multiple-choice set to time (0: skip)")
@@ -71,24 +75,31 @@ parser.add_argument("--data-dir", default="", help="local copy of the benchmark 
                                                     "are skipped without it)")
 parser.add_argument("--gpt2", default="random", help="GPT-2 checkpoint for the second forward row ('random': "
                                                      "GPT-2 small's shape, random weights; 'skip')")
-parser.add_argument("--step-only", default=None, help=argparse.SUPPRESS)  # internal: one method's step, as JSON
+parser.add_argument("--step-only", default=None, help=argparse.SUPPRESS)  # internal: one method's steps (StepProcess)
 args = parser.parse_args()
 # -----------------------------------------------------------------------------
 
 
-def timed(fn, repeats):
-    """Median wall time of fn() over `repeats` calls, after one warm-up call (seconds)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if args.device == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
+def sync():
+    if args.device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(*fns):
+    """Fastest wall time (seconds) of each fn() over --repeats rounds, after one warm-up call each. The calls
+    alternate, round by round, so that a slow spell of the machine (other work on a shared host only ever slows
+    a call down) falls on every side of a ratio, and the fastest call of each is the least disturbed."""
+    for fn in fns:
         fn()
-        if args.device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
+    times = [[] for _ in fns]
+    for _ in range(args.repeats):
+        for fn, ts in zip(fns, times):
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            ts.append(time.perf_counter() - t0)
+    return [min(ts) for ts in times]
 
 
 def rss():
@@ -98,10 +109,13 @@ def rss():
 
 
 class PeakRSS:
-    """Peak resident memory above the level at entry, sampled every millisecond by a thread (CPU)."""
-    def __enter__(self):
+    """Peak resident memory above the level at creation, sampled every millisecond by a thread while inside a
+    `with` (CPU; between the `with`s nothing is sampled)."""
+    def __init__(self):
         release_freed_memory()  # what malloc kept from earlier work would otherwise be reused unseen
         self.base = self.peak = rss()
+
+    def __enter__(self):
         self.running = True
         self.thread = threading.Thread(target=self._poll, daemon=True)
         self.thread.start()
@@ -162,15 +176,70 @@ def one_step(base, method, precision):
         before = torch.cuda.memory_allocated()
 
     def step():  # as train.py's: ALTER's A gets the gradient of its high-entropy terms alone (a second backward)
+        t0 = time.perf_counter()
         with autocast(precision):
             loss, parts = METHODS[method].loss(model, batch, 2, hp)
+        sync()
+        t1 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         METHODS[method].backward(model, loss, parts, 2, hp)
         opt.step()
-    with PeakRSS() as mem:
-        seconds = timed(step, args.repeats)
-    added = torch.cuda.max_memory_allocated() - before if args.device == "cuda" else mem.added
-    return seconds, added, sum(p.numel() for p in params)
+        sync()
+        return time.perf_counter() - t0, t1 - t0  # the step, its forward
+
+    mem = PeakRSS()
+    with mem:
+        step()  # warm-up: where gradients and AdamW state are first allocated
+    print("ready", flush=True)
+    for _ in sys.stdin:  # the parent's lines, one step each
+        with mem:
+            print(json.dumps(step()), flush=True)
+    added = torch.cuda.max_memory_allocated() - before if args.device == "cuda" else mem.peak - mem.base
+    print(json.dumps([added, sum(p.numel() for p in params)]), flush=True)
+
+
+class StepProcess:
+    """One method's steps in a child process of this script (--step-only): it loads the model, takes a warm-up
+    step, then one step per line it reads, answering with [seconds, forward seconds]; at the end, [peak memory
+    added, trainable parameters]. On failure (e.g. out of memory) .failed says why."""
+
+    def __init__(self, method, precision):
+        self.method, self.err = method, tempfile.TemporaryFile("w+")
+        cmd = [sys.executable, __file__, "--step-only", method, "--precision", precision] + child_argv()
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err, text=True)
+        self.times, self.failed = [], None
+        while (line := self._read()) and line.strip() != "ready":  # after the model's loading
+            pass
+
+    def _read(self):
+        line = self.proc.stdout.readline() if not self.failed else ""
+        if not line and not self.failed:
+            self.proc.wait()
+            self.err.seek(0)
+            tail = self.err.read().strip()
+            print(f"the {self.method} step failed:\n{tail[-2000:]}", file=sys.stderr)
+            self.failed = tail.splitlines()[-1][:34] if tail else f"exit {self.proc.returncode}"
+        return line
+
+    def step(self):
+        if not self.failed:
+            try:
+                self.proc.stdin.write("step\n")
+                self.proc.stdin.flush()
+            except BrokenPipeError:  # it died: _read says why
+                pass
+            line = self._read()
+            if line:
+                self.times.append(json.loads(line))
+
+    def finish(self):
+        if not self.failed:
+            self.proc.stdin.close()
+            line = self._read()
+            if line:
+                self.added, self.n = json.loads(line)
+                self.proc.wait()
+        return self
 
 
 def child_argv():
@@ -187,33 +256,40 @@ def child_argv():
 
 
 def step_rows(precision):
-    """One unlearning step per method, each in a fresh process (so one method's freed memory cannot hide
-    the next one's peak); ratios to plain LoRA."""
-    res, rows = {}, []
-    for method in ("lora", "alter", "alter:position", "asymlora", "gd"):
-        cmd = [sys.executable, __file__, "--step-only", method, "--precision", precision] + child_argv()
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        if r.returncode != 0:  # e.g. out of memory: a row that says so, and the other methods still run
-            print(f"the {method} step failed:\n{r.stderr[-2000:]}", file=sys.stderr)
-            res[method] = r.stderr.strip().splitlines()[-1][:34] if r.stderr.strip() else f"exit {r.returncode}"
+    """One unlearning step per method, each method in its own process (so one method's freed memory cannot hide
+    the next one's peak); ratios to plain LoRA. On a CPU the processes take their steps in turn, round by round
+    (the machine's drift moves all alike); on a GPU, whose memory may not hold them all, one after the other."""
+    methods = ("lora", "alter", "alter:position", "asymlora", "gd")
+    if args.device == "cpu":
+        procs = [StepProcess(m, precision) for m in methods]
+        for _ in range(args.repeats):
+            for p in procs:
+                p.step()
+        procs = [p.finish() for p in procs]
+    else:
+        procs = []
+        for m in methods:
+            p = StepProcess(m, precision)
+            for _ in range(args.repeats):
+                p.step()
+            procs.append(p.finish())
+    best = [min(p.times) if not p.failed else None for p in procs]  # the fastest step (and its forward)
+    rows = []
+    for m, p, t in zip(methods, procs, best):
+        what = f"unlearning step {m} ({args.step_batch}x{args.step_tokens})"
+        if p.failed:
+            rows.append((what, "failed", p.failed, ""))
             continue
-        res[method] = json.loads(r.stdout.strip().splitlines()[-1])
-    for method, got in res.items():
-        what = f"unlearning step {method} ({args.step_batch}x{args.step_tokens})"
-        if isinstance(got, str):
-            rows.append((what, "failed", got, ""))
-            continue
-        sec, added, n = got
-        ratio = f"{sec / res['lora'][0]:.2f}x plain LoRA" if isinstance(res["lora"], list) else ""
-        rows.append((what, f"{sec * 1e3:.0f} ms", f"peak +{added / 2**20:.0f} MiB ({n / 1e6:.2f}M trained)", ratio))
+        ratio = f"{t[0] / best[0][0]:.2f}x plain LoRA" if best[0] else ""
+        rows.append((what, f"{t[0] * 1e3:.0f} ms, fwd {t[1] * 1e3:.0f}",
+                     f"peak +{p.added / 2**20:.0f} MiB ({p.n / 1e6:.2f}M trained)", ratio))
     return rows
 
 
 def forward_row(ours, theirs, name):
     idx = torch.randint(0, ours.config.vocab_size, (args.batch, args.tokens), device=args.device)
     with torch.no_grad():
-        t_ours = timed(lambda: ours(idx), args.repeats)
-        t_hf = timed(lambda: theirs(idx), args.repeats)
+        t_ours, t_hf = timed(lambda: ours(idx), lambda: theirs(idx))
     n = args.batch * args.tokens
     return (f"forward {name} {args.batch}x{args.tokens} tokens", f"{t_ours * 1e3:.0f} ms, {n / t_ours:.0f} tok/s",
             f"{t_hf * 1e3:.0f} ms, {n / t_hf:.0f} tok/s", f"{t_ours / t_hf:.2f} (time, lower is better)")
@@ -223,9 +299,9 @@ def generation_row(ours, theirs):
     prompt = torch.randint(0, ours.config.vocab_size, (args.gen_batch, 32), device=args.device)
     n = args.gen_batch * args.gen_tokens
     theirs.generation_config.eos_token_id = None  # both sides generate exactly gen_tokens
-    t_ours = timed(lambda: ours.generate(prompt, max_new_tokens=args.gen_tokens, eos_token_id=[]), args.repeats)
-    t_hf = timed(lambda: theirs.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
-                                         max_new_tokens=args.gen_tokens, pad_token_id=0), args.repeats)
+    t_ours, t_hf = timed(lambda: ours.generate(prompt, max_new_tokens=args.gen_tokens, eos_token_id=[]),
+                         lambda: theirs.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
+                                                 max_new_tokens=args.gen_tokens, pad_token_id=0))
     return (f"greedy generation {args.gen_batch}x{args.gen_tokens} new tokens", f"{n / t_ours:.0f} tok/s",
             f"{n / t_hf:.0f} tok/s", f"{t_hf / t_ours:.2f} (speed, higher is better)")
 
@@ -241,13 +317,13 @@ def gated_rows(ours):
     keep = torch.zeros_like(idx, dtype=torch.bool)
     keep[:, args.tokens // 2:] = True  # the answers' half of every row, as evaluate.token_logps reads them
     with torch.no_grad():
-        t_plain = timed(lambda: ours(idx, keep=keep), args.repeats)
-        t_gated = timed(lambda: gated(idx, keep=keep), args.repeats)
+        t_plain, t_gated, t_base = timed(lambda: ours(idx, keep=keep), lambda: gated(idx, keep=keep),
+                                         lambda: gated.high_entropy(idx))  # the base pass: S_q at every position
     prompt = idx[:args.gen_batch, :32]
     n = args.gen_batch * args.gen_tokens
-    g_plain = timed(lambda: ours.generate(prompt, max_new_tokens=args.gen_tokens, eos_token_id=[]), args.repeats)
-    g_gated = timed(lambda: gated.generate(prompt, max_new_tokens=args.gen_tokens, eos_token_id=[]), args.repeats)
-    return [(f"ALTER scoring (GatedLM) {args.batch}x{args.tokens}", f"{t_gated * 1e3:.0f} ms",
+    g_plain, g_gated = timed(lambda: ours.generate(prompt, max_new_tokens=args.gen_tokens, eos_token_id=[]),
+                             lambda: gated.generate(prompt, max_new_tokens=args.gen_tokens, eos_token_id=[]))
+    return [(f"ALTER scoring (GatedLM) {args.batch}x{args.tokens}", f"{t_gated * 1e3:.0f} ms, base {t_base * 1e3:.0f}",
              f"plain model {t_plain * 1e3:.0f} ms", f"{t_gated / t_plain:.2f}x plain (time)"),
             (f"ALTER generation (GatedLM) {args.gen_batch}x{args.gen_tokens}", f"{n / g_gated:.0f} tok/s",
              f"plain model {n / g_plain:.0f} tok/s", f"{g_gated / g_plain:.2f}x plain (time)")]
@@ -331,8 +407,8 @@ def main():
         precisions = ["bfloat16"]  # bf16 weights: autocast to fp32 is not a mode anyone runs
     torch.manual_seed(0)
     ours = load_ours(dtype)
-    if args.step_only:  # a child process of step_rows: one method, one JSON line
-        return print(json.dumps(one_step(ours, args.step_only, args.precision)))
+    if args.step_only:  # a child process of step_rows (StepProcess): one method's steps
+        return one_step(ours, args.step_only, args.precision)
     import transformers
     theirs = load_theirs(ours, dtype)
     name = f"{args.shape} (random weights)" if args.shape else os.path.basename(args.model.rstrip("/"))
