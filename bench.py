@@ -25,9 +25,9 @@ Rows, for each precision:
     process; CUDA: peak allocated memory);
   - multiple-choice questions per second (evaluate.eval_mc, lm-eval's zero-shot prompt) on MMLU and WMDP
     questions, when --data-dir holds them.
-Each row's timed calls alternate for --repeats rounds and the fastest of each is reported (`timed`; the step
-rows' processes take their steps in turn), so that the slow spells of a shared machine fall on both sides of a
-ratio. transformers is only imported here and in the tests, never by the product.
+Each row's timed calls alternate for --repeats rounds and the fastest of each is reported (`timed`; on a CPU
+that holds them all the step rows' processes take their steps in turn), so that the slow spells of a shared
+machine fall on both sides of a ratio. transformers is only imported here and in the tests, never by the product.
 """
 import argparse
 import json
@@ -77,11 +77,12 @@ parser.add_argument("--gpt2", default="random", help="GPT-2 checkpoint for the s
                                                      "GPT-2 small's shape, random weights; 'skip')")
 parser.add_argument("--step-only", default=None, help=argparse.SUPPRESS)  # internal: one method's steps (StepProcess)
 args = parser.parse_args()
+CUDA = args.device.startswith("cuda")
 # -----------------------------------------------------------------------------
 
 
 def sync():
-    if args.device.startswith("cuda"):
+    if CUDA:
         torch.cuda.synchronize()
 
 
@@ -92,14 +93,23 @@ def timed(*fns):
     for fn in fns:
         fn()
     times = [[] for _ in fns]
-    for _ in range(args.repeats):
-        for fn, ts in zip(fns, times):
+    for r in range(args.repeats):
+        for fn, ts in list(zip(fns, times))[::1 if r % 2 == 0 else -1]:  # every other round in reverse order
             sync()
             t0 = time.perf_counter()
             fn()
             sync()
             ts.append(time.perf_counter() - t0)
     return [min(ts) for ts in times]
+
+
+def available_memory():
+    """Memory the kernel could give new work (bytes; Linux's MemAvailable), or 0 where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        return 0
 
 
 def rss():
@@ -131,10 +141,6 @@ class PeakRSS:
         self.thread.join()
         self.peak = max(self.peak, rss())
 
-    @property
-    def added(self):
-        return self.peak - self.base
-
 
 def autocast(precision):
     """The autocast context of a precision: bf16 autocast, or none."""
@@ -142,8 +148,10 @@ def autocast(precision):
 
 
 def one_step(base, method, precision):
-    """Time one unlearning step of `method` and measure the memory it adds (warm-up step included: that is
-    where gradients and AdamW state are first allocated). Returns (seconds, bytes, trainable parameters)."""
+    """A child process's work (StepProcess): set up `method`'s unlearning step, take a warm-up step (where
+    gradients and AdamW state are first allocated), print "ready", then take one step per line read from stdin,
+    printing [seconds, forward seconds] for each; at the end, [memory the steps added (bytes), trainable
+    parameters]."""
     import torch.nn.functional as F
     from alter import AlterConfig, adapter_params, attach
     from methods import METHODS, hparams
@@ -171,30 +179,40 @@ def one_step(base, method, precision):
         for p in params:
             p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=1e-5)
-    if args.device == "cuda":
+    if CUDA:
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
 
+    def now():  # a point in time: on a GPU an event in its queue (the forward's end needs no wait), else the clock
+        if not CUDA:
+            return time.perf_counter()
+        e = torch.cuda.Event(enable_timing=True)
+        e.record()
+        return e
+
     def step():  # as train.py's: ALTER's A gets the gradient of its high-entropy terms alone (a second backward)
-        t0 = time.perf_counter()
+        t0 = now()
         with autocast(precision):
             loss, parts = METHODS[method].loss(model, batch, 2, hp)
-        sync()
-        t1 = time.perf_counter()
+        t1 = now()
         opt.zero_grad(set_to_none=True)
         METHODS[method].backward(model, loss, parts, 2, hp)
         opt.step()
-        sync()
-        return time.perf_counter() - t0, t1 - t0  # the step, its forward
+        t2 = now()
+        if CUDA:
+            t2.synchronize()
+            return t0.elapsed_time(t2) / 1e3, t0.elapsed_time(t1) / 1e3
+        return t2 - t0, t1 - t0  # the step, its forward
 
     mem = PeakRSS()
     with mem:
-        step()  # warm-up: where gradients and AdamW state are first allocated
+        step()  # warm-up
     print("ready", flush=True)
     for _ in sys.stdin:  # the parent's lines, one step each
         with mem:
-            print(json.dumps(step()), flush=True)
-    added = torch.cuda.max_memory_allocated() - before if args.device == "cuda" else mem.peak - mem.base
+            times = step()
+        print(json.dumps(times), flush=True)
+    added = torch.cuda.max_memory_allocated() - before if CUDA else mem.peak - mem.base
     print(json.dumps([added, sum(p.numel() for p in params)]), flush=True)
 
 
@@ -229,6 +247,8 @@ class StepProcess:
             except BrokenPipeError:  # it died: _read says why
                 pass
             line = self._read()
+            while line and not line.startswith("["):  # anything else the step printed
+                line = self._read()
             if line:
                 self.times.append(json.loads(line))
 
@@ -255,15 +275,17 @@ def child_argv():
     return out
 
 
-def step_rows(precision):
+def step_rows(precision, weight_bytes):
     """One unlearning step per method, each method in its own process (so one method's freed memory cannot hide
-    the next one's peak); ratios to plain LoRA. On a CPU the processes take their steps in turn, round by round
-    (the machine's drift moves all alike); on a GPU, whose memory may not hold them all, one after the other."""
+    the next one's peak); ratios to plain LoRA. On a CPU whose free memory holds the five processes at once
+    (each about 4 x the weights: the model, and the step's gradients, AdamW state and activations), they take
+    their steps in turn, round by round, so the machine's drift moves all alike; else (a GPU, a large model)
+    one after the other."""
     methods = ("lora", "alter", "alter:position", "asymlora", "gd")
-    if args.device == "cpu":
+    if args.device == "cpu" and len(methods) * 4 * weight_bytes < available_memory():
         procs = [StepProcess(m, precision) for m in methods]
-        for _ in range(args.repeats):
-            for p in procs:
+        for r in range(args.repeats):
+            for p in procs[::1 if r % 2 == 0 else -1]:  # every other round in reverse order
                 p.step()
         procs = [p.finish() for p in procs]
     else:
@@ -273,7 +295,7 @@ def step_rows(precision):
             for _ in range(args.repeats):
                 p.step()
             procs.append(p.finish())
-    best = [min(p.times) if not p.failed else None for p in procs]  # the fastest step (and its forward)
+    best = [min(p.times) if not p.failed else None for p in procs]  # the fastest step, and that step's forward
     rows = []
     for m, p, t in zip(methods, procs, best):
         what = f"unlearning step {m} ({args.step_batch}x{args.step_tokens})"
@@ -421,17 +443,18 @@ def main():
             rows[p].append(generation_row(ours, theirs))
             rows[p] += gated_rows(ours)
     theirs = None  # freed
+    weight_bytes = sum(t.numel() * t.element_size() for t in ours.parameters())
     if args.shape:
         ours = None  # random weights: nothing below needs them, and the step processes need the memory
-    if args.device == "cuda":
+    if CUDA:
         torch.cuda.empty_cache()  # the step processes need the memory
     for p in precisions:
-        rows[p] += step_rows(p)
+        rows[p] += step_rows(p, weight_bytes)
     if args.mc and os.path.isdir(args.data_dir) and not args.shape:
         for p in precisions:
             with autocast(p), linear_weights_in(ours, p):
                 rows[p] += mc_rows(ours)
-    dev = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    dev = torch.cuda.get_device_name() if CUDA else f"CPU, {torch.get_num_threads()} threads"
     for p in precisions:
         what = "bf16 autocast" if p == "bfloat16" and args.dtype == "float32" else p
         print(f"\n{name} | {args.dtype} weights, {what} | {dev} | torch {torch.__version__}, "
