@@ -78,6 +78,8 @@ parser.add_argument("--gpt2", default="random", help="GPT-2 checkpoint for the s
 parser.add_argument("--step-only", default=None, help=argparse.SUPPRESS)  # internal: one method's steps (StepProcess)
 args = parser.parse_args()
 CUDA = args.device.startswith("cuda")
+if CUDA and ":" in args.device:
+    torch.cuda.set_device(args.device)  # the argument-less calls below (synchronize, memory stats) mean this GPU
 # -----------------------------------------------------------------------------
 
 
@@ -239,6 +241,14 @@ class StepProcess:
             self.failed = tail.splitlines()[-1][:34] if tail else f"exit {self.proc.returncode}"
         return line
 
+    def _answer(self):
+        """The child's next JSON line; any other line it printed goes to stderr."""
+        line = self._read()
+        while line and not line.startswith("["):
+            print(f"({self.method} step) {line.rstrip()}", file=sys.stderr)
+            line = self._read()
+        return json.loads(line) if line else None
+
     def step(self):
         if not self.failed:
             try:
@@ -246,18 +256,16 @@ class StepProcess:
                 self.proc.stdin.flush()
             except BrokenPipeError:  # it died: _read says why
                 pass
-            line = self._read()
-            while line and not line.startswith("["):  # anything else the step printed
-                line = self._read()
-            if line:
-                self.times.append(json.loads(line))
+            times = self._answer()
+            if times:
+                self.times.append(times)
 
     def finish(self):
         if not self.failed:
             self.proc.stdin.close()
-            line = self._read()
-            if line:
-                self.added, self.n = json.loads(line)
+            answer = self._answer()
+            if answer:
+                self.added, self.n = answer
                 self.proc.wait()
         return self
 
@@ -278,11 +286,14 @@ def child_argv():
 def step_rows(precision, weight_bytes):
     """One unlearning step per method, each method in its own process (so one method's freed memory cannot hide
     the next one's peak); ratios to plain LoRA. On a CPU whose free memory holds the five processes at once
-    (each about 4 x the weights: the model, and the step's gradients, AdamW state and activations), they take
-    their steps in turn, round by round, so the machine's drift moves all alike; else (a GPU, a large model)
-    one after the other."""
+    (30 x the weights: SmolLM2-135M's five took 23 x its weights at 8 x 64 tokens, most of it activations and
+    GradDiff's gradients and AdamW state), they take their steps in turn, round by round, so the machine's drift
+    moves all alike; else (a GPU, a large model) one after the other. Which of the two is said on stderr."""
     methods = ("lora", "alter", "alter:position", "asymlora", "gd")
-    if args.device == "cpu" and len(methods) * 4 * weight_bytes < available_memory():
+    in_turn = args.device == "cpu" and 30 * weight_bytes < available_memory()
+    print(f"unlearning steps ({precision}): {len(methods)} processes, "
+          f"{'taking turns' if in_turn else 'one after the other'}, {args.repeats} steps each", file=sys.stderr)
+    if in_turn:
         procs = [StepProcess(m, precision) for m in methods]
         for r in range(args.repeats):
             for p in procs[::1 if r % 2 == 0 else -1]:  # every other round in reverse order

@@ -21,7 +21,7 @@ trap 'rm -rf "$tmp"' EXIT
 if [ "$DEVICE" = cpu ]; then
   toy=(--limit 8 --ft-epochs 1 --epochs 1 --eval-limit 2)
   shapes=(tiny)
-  bench=(--batch 2 --tokens 32 --gen-batch 2 --gen-tokens 4 --repeats 1 --step-batch 8 --step-tokens 16)
+  bench=(--batch 2 --tokens 32 --gen-batch 2 --gen-tokens 4 --repeats 2 --step-batch 8 --step-tokens 16)
   name=cpu
 else
   toy=()

@@ -367,7 +367,7 @@ def test_gpu_check_script_runs_end_to_end_on_cpu(tmp_path):
                 "unlearning step asymlora", "unlearning step gd"):
         assert row in log, row
     assert log.count(", fwd ") == 5 and ", base " in log  # each step's forward alone, GatedLM's base pass alone
-    assert " failed " not in log
+    assert " failed " not in log and "5 processes, taking turns, 2 steps each" in log
     assert "total" in log.splitlines()[-1]
 
 
