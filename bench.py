@@ -40,7 +40,8 @@ import time
 
 import torch
 
-from model import GPT, GPTConfig, config_to_hf, linear_weights_in, ours_to_hf
+from checkpoint import config_to_hf, ours_to_hf
+from model import GPT, GPTConfig, linear_weights_in
 from plan import keep_freed_memory, limit_kernel_cache, release_freed_memory
 
 # random-weight models of real shapes (the published config.json values), built on the device: no download
@@ -348,7 +349,7 @@ def gated_rows(ours):
     gated = GatedLM(adapted, q=1.5, theta=1.2)
     idx = torch.randint(0, ours.config.vocab_size, (args.batch, args.tokens), device=args.device)
     keep = torch.zeros_like(idx, dtype=torch.bool)
-    keep[:, args.tokens // 2:] = True  # the answers' half of every row, as evaluate.token_logps reads them
+    keep[:, args.tokens // 2:] = True  # the answers' half of every row, as inference.token_logps reads them
     with torch.no_grad():
         t_plain, t_gated, t_base = timed(lambda: ours(idx, keep=keep), lambda: gated(idx, keep=keep),
                                          lambda: gated.high_entropy(idx))  # the base pass: S_q at every position

@@ -10,7 +10,7 @@ switches:
                            (Llama-2/3.x, SmolLM2, Mistral/Zephyr with its sliding window)
 
 Module names follow the HF checkpoints of each family (c_attn / q_proj, c_fc / gate_proj ...) so the key
-map in `hf_to_ours` is a handful of string replacements and the adapters in alter.py can name their sites.
+map in `checkpoint.hf_to_ours` is a handful of string replacements and the adapters in alter.py can name their sites.
 The forward pass returns logits for every position: entropy profiling and evaluation need all of them.
 """
 import json
@@ -24,7 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from checkpoint import TOKENIZER_FILES, load_checkpoint_tensors, resolve_checkpoint, write_safetensors
+from checkpoint import (CONV1D_WEIGHTS, TOKENIZER_FILES, config_from_hf, config_to_hf, hf_to_ours,
+                        load_checkpoint_tensors, ours_to_hf, resolve_checkpoint, write_safetensors)
 
 # -----------------------------------------------------------------------------
 # parts
@@ -219,61 +220,6 @@ class GPTConfig:
 # the from-scratch model of the offline toy benchmark (GPT-2 vocabulary so the shipped tokenizer serves it)
 TINY = dict(arch="gpt2", vocab_size=50257, block_size=256, n_layer=4, n_head=4, n_embd=128, eos_token_id=[50256])
 
-SUPPORTED_MODEL_TYPES = ("gpt2", "llama", "mistral")
-
-
-def config_from_hf(hf):
-    """Map a HF config.json dict to GPTConfig. Unknown model types fail with the supported list."""
-    mt = hf.get("model_type")
-    if mt not in SUPPORTED_MODEL_TYPES:
-        raise ValueError(f"unsupported model_type {mt!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
-    if mt == "gpt2":
-        act = hf.get("activation_function", "gelu_new")
-        if act not in ("gelu_new", "gelu_pytorch_tanh"):
-            raise ValueError(f"unsupported GPT-2 activation_function {act!r} (supported: gelu_new)")
-        return GPTConfig(arch="gpt2", vocab_size=hf["vocab_size"], block_size=hf["n_positions"],
-                         n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],
-                         intermediate_size=hf.get("n_inner") or 4 * hf["n_embd"],
-                         norm_eps=hf.get("layer_norm_epsilon", 1e-5),
-                         tie_word_embeddings=hf.get("tie_word_embeddings", True),
-                         bos_token_id=hf.get("bos_token_id"), eos_token_id=hf.get("eos_token_id"))
-    if hf.get("hidden_act", "silu") != "silu":
-        raise ValueError(f"unsupported hidden_act {hf.get('hidden_act')!r} for {mt} (supported: silu)")
-    # transformers >= 5 writes rope_parameters = {rope_theta, rope_type, ...}; older files rope_theta/rope_scaling
-    rope = hf.get("rope_parameters") or {}
-    scaling = hf.get("rope_scaling") or (rope if rope.get("rope_type", "default") != "default" else None)
-    return GPTConfig(arch="llama", vocab_size=hf["vocab_size"], block_size=hf.get("max_position_embeddings", 2048),
-                     n_layer=hf["num_hidden_layers"], n_head=hf["num_attention_heads"],
-                     n_kv_head=hf.get("num_key_value_heads") or hf["num_attention_heads"],
-                     n_embd=hf["hidden_size"], head_dim=hf.get("head_dim") or 0,
-                     intermediate_size=hf["intermediate_size"], norm_eps=hf.get("rms_norm_eps", 1e-6),
-                     rope_theta=hf.get("rope_theta", rope.get("rope_theta", 10000.0)), rope_scaling=scaling,
-                     attention_bias=hf.get("attention_bias", False), mlp_bias=hf.get("mlp_bias", False),
-                     tie_word_embeddings=hf.get("tie_word_embeddings", False),
-                     sliding_window=hf.get("sliding_window") if mt == "mistral" else None,
-                     bos_token_id=hf.get("bos_token_id"), eos_token_id=hf.get("eos_token_id"))
-
-def config_to_hf(c):
-    """GPTConfig as a HF config.json dict (the inverse of config_from_hf)."""
-    if c.arch == "gpt2":
-        hf = dict(model_type="gpt2", vocab_size=c.vocab_size, n_positions=c.block_size, n_layer=c.n_layer,
-                  n_head=c.n_head, n_embd=c.n_embd, n_inner=c.intermediate_size, layer_norm_epsilon=c.norm_eps,
-                  activation_function="gelu_new", tie_word_embeddings=c.tie_word_embeddings,
-                  architectures=["GPT2LMHeadModel"])
-    else:
-        hf = dict(model_type="mistral" if c.sliding_window else "llama", vocab_size=c.vocab_size,
-                  max_position_embeddings=c.block_size,
-                  num_hidden_layers=c.n_layer, num_attention_heads=c.n_head, num_key_value_heads=c.n_kv_head,
-                  hidden_size=c.n_embd, head_dim=c.head_dim, intermediate_size=c.intermediate_size,
-                  rms_norm_eps=c.norm_eps, rope_theta=c.rope_theta, rope_scaling=c.rope_scaling,
-                  attention_bias=c.attention_bias, mlp_bias=c.mlp_bias, hidden_act="silu",
-                  tie_word_embeddings=c.tie_word_embeddings, architectures=["LlamaForCausalLM"])
-        if c.sliding_window:
-            hf.update(sliding_window=c.sliding_window, architectures=["MistralForCausalLM"])
-    hf.update(bos_token_id=c.bos_token_id, eos_token_id=c.eos_token_id)
-    return hf
-
-
 @contextmanager
 def linear_weights_in(model, dtype):
     """For no-grad work under autocast to `dtype` (evaluation): every nn.Linear's float32 weight cast once, for
@@ -292,39 +238,6 @@ def linear_weights_in(model, dtype):
     finally:
         for m, w in saved:
             m.weight = w
-
-# -----------------------------------------------------------------------------
-# checkpoint keys: HF names mapped to ours
-
-# Llama-family HF names -> ours (GPT-2's names are ours already, up to a "transformer." prefix)
-LLAMA_KEYS = (("model.embed_tokens.", "transformer.wte."), ("model.norm.", "transformer.ln_f."),
-              ("model.layers.", "transformer.h."), (".input_layernorm.", ".ln_1."),
-              (".post_attention_layernorm.", ".ln_2."), (".self_attn.", ".attn."))
-
-
-def hf_to_ours(key, arch):
-    """HF checkpoint key -> our state_dict key (None for buffers we do not keep)."""
-    if arch == "gpt2":
-        key = key.removeprefix("transformer.")
-        if key.endswith((".attn.bias", ".attn.masked_bias")):  # causal-mask buffers of old GPT-2 files
-            return None
-        return key if key.startswith("lm_head.") else "transformer." + key
-    for hf, ours in LLAMA_KEYS:
-        key = key.replace(hf, ours)
-    return None if key.endswith(".rotary_emb.inv_freq") else key
-
-
-def ours_to_hf(key, arch):
-    if arch == "gpt2":
-        return key
-    for hf, ours in LLAMA_KEYS:
-        key = key.replace(ours, hf)
-    return key
-
-
-# GPT-2 stores these as Conv1D (in, out): transpose to nn.Linear's (out, in)
-CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-
 
 # -----------------------------------------------------------------------------
 # the model
@@ -427,7 +340,7 @@ class GPT(nn.Module):
         if not os.path.exists(cfg_path):
             raise FileNotFoundError(f"{d}: no config.json")
         with open(cfg_path) as f:
-            config = config_from_hf(json.load(f))
+            config = GPTConfig(**config_from_hf(json.load(f)))
         with torch.device("meta"):
             model = cls(config)
         sd = model.state_dict()

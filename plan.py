@@ -16,14 +16,14 @@ from dataclasses import dataclass
 
 import torch
 
-from checkpoint import WEIGHTS, HubError, resolve_checkpoint
+from checkpoint import WEIGHTS, HubError, config_from_hf, resolve_checkpoint
 from data.batching import collate
 from data.benchmarks import load_split, split_names
 from data.forget_sets import (FORGET_AUTHORS, FORGETS, RETAIN_OF, TEXT_FORGETS, eval_benches, forget_pct,
                               load_corpora, training_splits)
 from evaluate import bench_splits
 from methods import METHODS, full_groups
-from model import GPT, TINY, GPTConfig, config_from_hf
+from model import GPT, TINY, GPTConfig
 
 RANK = int(os.environ.get("RANK", 0))
 
@@ -218,7 +218,7 @@ def model_width(args):
         return TINY["n_embd"]
     try:
         with open(os.path.join(resolve_checkpoint(name, weights=False), "config.json")) as f:
-            return config_from_hf(json.load(f)).n_embd
+            return config_from_hf(json.load(f))["n_embd"]
     except (OSError, ValueError, KeyError):  # not there (preflight says so next), or not a config we read
         return None
 
@@ -386,7 +386,7 @@ def preflight(task, args):
         if not os.path.exists(path):
             fail(f"--{flag.replace('_', '-')} {name}: no checkpoint there (no config.json)")
         with torch.device("meta"):
-            task.params[flag] = GPT(config_from_hf(json.load(open(path)))).num_params()
+            task.params[flag] = GPT(GPTConfig(**config_from_hf(json.load(open(path))))).num_params()
     if task.text and task.bench != "toy":
         task.corpora = load_corpora(args)
     pair = ["tofu_forget10", "tofu_forget10_perturbed"] if args.forget_pair is not None else []

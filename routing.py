@@ -9,7 +9,8 @@ from tqdm import tqdm
 
 from data.batching import collate, encode_qa
 from data.benchmarks import load_split
-from evaluate import forget_eval_rows, score_mask
+from evaluate import forget_eval_rows
+from inference import score_mask
 
 
 @torch.no_grad()
@@ -19,7 +20,7 @@ def gate_report(lm, examples, pad_id, labels=None, batch_size=16, device="cpu", 
     gates weigh most (its top-1; the router's argmax except under the oracle gate), as shares of the tokens
     and blocks. labels: each example's sub-domain expert, or None (no sub-domain) - then `sub_domain_acc` is
     the share of the labelled rows' tokens whose top-1 is their sub-domain's expert, at low-entropy tokens
-    (where the forget experts act) and at all. mask_rule: the attention mask (evaluate.MASK_RULES),
+    (where the forget experts act) and at all. mask_rule: the attention mask (inference.MASK_RULES),
     as the scores of the same examples use it."""
     E = lm.model.alter_config.n_total
     top = torch.zeros(2, E)  # top-1 counts over blocks: [low, high] x expert

@@ -33,7 +33,8 @@ sys.path.insert(0, os.path.normpath(os.path.join(os.path.dirname(os.path.abspath
 from alter import GatedLM, adapter_file, adapter_header, load_adapter  # noqa: E402
 from data.batching import collate, encode_qa  # noqa: E402
 from data.benchmarks import load_split  # noqa: E402
-from evaluate import avg_nll, eval_mc_cloze, forget_eval_rows, generate, token_logps  # noqa: E402
+from evaluate import eval_mc_cloze, forget_eval_rows  # noqa: E402
+from inference import avg_nll, generate, token_logps  # noqa: E402
 from metrics import rouge_l, write_json  # noqa: E402
 from model import GPT, linear_weights_in  # noqa: E402
 from plan import device_and_dtype, keep_freed_memory, limit_kernel_cache, set_threads  # noqa: E402

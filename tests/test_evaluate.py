@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from evaluate import avg_nll, mc_prompt
+from evaluate import mc_prompt
+from inference import avg_nll
 from metrics import (auc, forget_quality, load_retain_logs, min_k, model_utility, privleak, prob_normalised, rouge_l,
                      tr_forget, tr_true_better, truth_ratio)
 from tests.conftest import ROOT
@@ -190,7 +191,7 @@ def test_toy_evaluation_follows_the_data_seed():
 
 
 class IdsTok:
-    """The slice of Tokenizer that evaluate.generate uses, for a toy vocabulary: ids decode to themselves."""
+    """The slice of Tokenizer that inference.generate uses, for a toy vocabulary: ids decode to themselves."""
 
     def __init__(self, eos_id):
         self.eos_id = self.pad_id = eos_id
@@ -212,7 +213,7 @@ def eos_inside_batch(eos):
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_ou_mask_scoring_and_generation_match_transformers(arch, tmp_path):
     transformers = pytest.importorskip("transformers")
-    from evaluate import generate, token_logps
+    from inference import generate, token_logps
     from model import GPT
     torch.manual_seed(0)
     if arch == "llama":
@@ -258,7 +259,7 @@ def test_ou_mask_tofu_probability_and_truth_ratio_match_transformers(smollm2_dir
     transformers = pytest.importorskip("transformers")
     from data.batching import encode_qa
     from data.benchmarks import load_split
-    from evaluate import avg_nll, token_logps
+    from inference import avg_nll, token_logps
     from model import GPT
     from tokenizer import Tokenizer
     rows = load_split("tofu_forget01_perturbed", str(shared_data))[:3]

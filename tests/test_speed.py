@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 
-import evaluate
+import inference
 import plan
 import torch.nn.functional as F
 
@@ -143,8 +143,8 @@ def test_evaluation_never_asks_for_every_positions_logits():
         calls_shape.append(output[0].dim() == 2 and (output[0].size(0) < x.numel() or x.size(1) == 1))
     spy.register_forward_hook(record)
     examples = [([5, 6, 7, 8, 9], 3), ([5, 6, 7], 1)]
-    evaluate.token_logps(spy, examples, pad_id=0)
-    evaluate.last_logits(spy, [[5, 6, 7], [8, 9]], pad_id=0)
+    inference.token_logps(spy, examples, pad_id=0)
+    inference.last_logits(spy, [[5, 6, 7], [8, 9]], pad_id=0)
     spy.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=3, eos_token_id=[])
     assert calls and all(calls), calls
     assert all(calls_shape), calls_shape  # (n, V) logits for fewer positions than the batch holds
@@ -322,7 +322,7 @@ def test_last_logits_batched_equal_transformers_one_by_one(tmp_path):
     theirs = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path)).eval()
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(3, 101, (n,), generator=g).tolist() for n in (7, 3, 12, 12, 5, 9)]
-    got = evaluate.last_logits(ours, prompts, pad_id=0, batch_size=4)
+    got = inference.last_logits(ours, prompts, pad_id=0, batch_size=4)
     with torch.no_grad():
         ref = torch.stack([theirs(torch.tensor([p])).logits[0, -1] for p in prompts])
     assert torch.allclose(got, ref, atol=1e-5), (got - ref).abs().max()
