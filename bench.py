@@ -294,19 +294,13 @@ def step_rows(precision, weight_bytes):
     in_turn = args.device == "cpu" and 30 * weight_bytes < available_memory()
     print(f"unlearning steps ({precision}): {len(methods)} processes, "
           f"{'taking turns' if in_turn else 'one after the other'}, {args.repeats} steps each", file=sys.stderr)
-    if in_turn:
-        procs = [StepProcess(m, precision) for m in methods]
+    procs = []
+    for group in [methods] if in_turn else [[m] for m in methods]:  # the processes alive at once
+        live = [StepProcess(m, precision) for m in group]
         for r in range(args.repeats):
-            for p in procs[::1 if r % 2 == 0 else -1]:  # every other round in reverse order
+            for p in live[::1 if r % 2 == 0 else -1]:  # every other round in reverse order
                 p.step()
-        procs = [p.finish() for p in procs]
-    else:
-        procs = []
-        for m in methods:
-            p = StepProcess(m, precision)
-            for _ in range(args.repeats):
-                p.step()
-            procs.append(p.finish())
+        procs += [p.finish() for p in live]
     best = [min(p.times) if not p.failed else None for p in procs]  # the fastest step, and that step's forward
     rows = []
     for m, p, t in zip(methods, procs, best):

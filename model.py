@@ -10,8 +10,8 @@ switches:
                            (Llama-2/3.x, SmolLM2, Mistral/Zephyr with its sliding window)
 
 Module names follow the HF checkpoints of each family (c_attn / q_proj, c_fc / gate_proj ...) so the key
-map in `checkpoint.hf_to_ours` is a handful of string replacements and the adapters in alter.py can name their sites.
-The forward pass returns logits for every position: entropy profiling and evaluation need all of them.
+map (`checkpoint.hf_to_ours`) is a handful of string replacements and the adapters in alter.py can name their
+sites. The forward pass returns logits at every position, or at the positions named by `keep` alone.
 """
 import json
 import math
